@@ -1,0 +1,128 @@
+"""The ``seganypet`` command: one command, a verb per job, ``-i`` in and ``-o`` out.
+
+Errors in the user's input print as one line on stderr and exit with status 1;
+only a bug in seganypet itself shows a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from seganypet.errors import SegAnyPetError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Promptable 3D segmentation of whole-body PET.",
+)
+log = logging.getLogger("seganypet")
+
+InputOpt = Annotated[Path, typer.Option("-i", "--input", help="PET scan: NIfTI/NRRD/MHA file or DICOM folder.")]
+SeriesOpt = Annotated[Optional[str], typer.Option("--series", help="SeriesInstanceUID, when a folder holds several.")]
+UnitsOpt = Annotated[str, typer.Option("--units", help="Volume files only: 'suv' (as stored) or 'bqml'.")]
+WeightOpt = Annotated[Optional[float], typer.Option("--weight", help="Patient weight in kg (with --units bqml).")]
+DoseOpt = Annotated[Optional[float], typer.Option("--dose", help="Injected dose in MBq (with --units bqml).")]
+UptakeOpt = Annotated[float, typer.Option("--uptake", help="Minutes from injection to scan (with --units bqml).")]
+
+
+@app.callback()
+def _configure(
+    quiet: Annotated[bool, typer.Option("-q", "--quiet", help="Only errors.")] = False,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug output.")] = False,
+) -> None:
+    level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    log.setLevel(level)
+
+
+def read_input(path: Path, series: str | None, units: str, weight: float | None, dose: float | None, uptake: float):
+    from seganypet.io import read_pet
+
+    return read_pet(path, series_uid=series, units=units, weight_kg=weight, dose_mbq=dose, uptake_min=uptake)
+
+
+@app.command()
+def info(
+    input: InputOpt,
+    series: SeriesOpt = None,
+    units: UnitsOpt = "suv",
+    weight: WeightOpt = None,
+    dose: DoseOpt = None,
+    uptake: UptakeOpt = 0.0,
+) -> None:
+    """Print the geometry, units, SUV range and acquisition facts of a PET scan."""
+    image = read_input(input, series, units, weight, dose, uptake)
+    m = image.meta
+    rows = {
+        "source": str(image.source),
+        "shape (i, j, k)": " x ".join(map(str, image.shape)),
+        "spacing (mm)": " x ".join(f"{s:.4g}" for s in image.spacing),
+        "origin (mm, " + image.space + ")": ", ".join(f"{v:.2f}" for v in image.origin),
+        "units": f"{image.units} (stored as {m.source_units or 'unknown'})",
+        "SUV range": f"{image.array.min():.3f} .. {image.array.max():.3f}",
+        "tracer": m.tracer or m.radionuclide or "unknown",
+        "weight (kg)": _fmt(m.patient_weight_kg),
+        "injected dose (MBq)": _fmt(m.injected_dose_bq and m.injected_dose_bq / 1e6),
+        "injection time": str(m.injection_time or "unknown"),
+        "scan time": str(m.scan_time or "unknown"),
+        "series UID": m.series_instance_uid or "n/a",
+    }
+    width = max(map(len, rows))
+    for key, value in rows.items():
+        typer.echo(f"{key:<{width}}  {value}")
+    for note in m.notes:
+        typer.echo(f"note: {note}")
+
+
+def _fmt(value: float | None) -> str:
+    return "unknown" if value is None else f"{value:.4g}"
+
+
+@app.command()
+def convert(
+    input: InputOpt,
+    output: Annotated[Path, typer.Option("-o", "--output", help="SUV NIfTI to write (.nii.gz).")],
+    series: SeriesOpt = None,
+    units: UnitsOpt = "suv",
+    weight: WeightOpt = None,
+    dose: DoseOpt = None,
+    uptake: UptakeOpt = 0.0,
+) -> None:
+    """Convert any supported PET input to an SUVbw NIfTI in the same physical space."""
+    from seganypet.io import write_nifti
+
+    image = read_input(input, series, units, weight, dose, uptake)
+    write_nifti(image, output)
+    log.info("wrote %s (%s, SUVbw max %.2f)", output, " x ".join(map(str, image.shape)), image.array.max())
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's files.")] = Path("seganypet_demo"),
+    seed: Annotated[int, typer.Option("--seed", help="Phantom seed.")] = 0,
+) -> None:
+    """Run the main job end to end on generated data, with nothing to download."""
+    from seganypet.demo import run_demo
+
+    run_demo(output, seed=seed)
+
+
+def main() -> None:
+    try:
+        app()
+    except SegAnyPetError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    main()
