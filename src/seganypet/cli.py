@@ -103,6 +103,30 @@ def convert(
 
 
 @app.command()
+def phantom(
+    output: Annotated[Path, typer.Option("-o", "--output", help="Dataset folder (nnU-Net v2 layout).")],
+    cases: Annotated[int, typer.Option("--cases", "-n", help="Training cases (imagesTr).")] = 10,
+    test_cases: Annotated[int, typer.Option("--test-cases", help="Held-out cases (imagesTs), seeds after the training ones.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", help="First seed; case i uses seed + i.")] = 0,
+    noisy_labels: Annotated[float, typer.Option("--noisy-labels", help="Fraction of training cases with noisy labels.")] = 0.0,
+    dicom: Annotated[bool, typer.Option("--dicom", help="Also write each case as a PET DICOM series.")] = False,
+    mip: Annotated[bool, typer.Option("--mip", help="Also write a coronal MIP PNG per case.")] = False,
+    scanner: Annotated[Optional[str], typer.Option("--scanner", help="Scanner matrix/voxel preset (default: drawn per case).")] = None,
+) -> None:
+    """Generate synthetic whole-body FDG PET cases with ground truth."""
+    from seganypet.phantom import PhantomConfig
+    from seganypet.phantom.dataset import write_phantom_dataset
+    from seganypet.phantom.generate import SCANNERS
+
+    if not 0.0 <= noisy_labels <= 1.0:
+        raise SegAnyPetError(f"--noisy-labels must be between 0 and 1, got {noisy_labels}")
+    if scanner is not None and scanner not in SCANNERS:
+        raise SegAnyPetError(f"unknown scanner {scanner!r}; choose one of {', '.join(SCANNERS)}")
+    write_phantom_dataset(output, cases, test_cases, seed, noisy_labels, dicom, mip, PhantomConfig(scanner=scanner))
+    log.info("wrote %d + %d cases to %s", cases, test_cases, output)
+
+
+@app.command()
 def demo(
     output: Annotated[Path, typer.Option("-o", "--output", help="Folder for the demo's files.")] = Path("seganypet_demo"),
     seed: Annotated[int, typer.Option("--seed", help="Phantom seed.")] = 0,

@@ -1,0 +1,119 @@
+"""Writing phantom cases as an nnU-Net v2 dataset folder (plus instance maps, clean labels, DICOM, MIPs).
+
+Layout (nnU-Net v2, with seganypet's extras beside it)::
+
+    DIR/dataset.json                      labels, channel_names, numTraining, file_ending, seganypet{...}
+    DIR/imagesTr/phantom_00000_0000.nii.gz    SUVbw
+    DIR/labelsTr/phantom_00000.nii.gz         the labels to train on (noisy for some cases)
+    DIR/labelsTr_clean/phantom_00000.nii.gz   the true labels, always
+    DIR/instancesTr/phantom_00000.nii.gz      0 or the lesion's id, one prompt target per lesion
+    DIR/metadata/phantom_00000.json           lesions, uptake, physics, noise applied
+    DIR/imagesTs, labelsTs, instancesTs       held-out cases (clean labels)
+    DIR/dicom/phantom_00000/                  optional PET DICOM series
+    DIR/mip/phantom_00000.png                 optional coronal MIP
+
+Cases already written are skipped, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+
+from seganypet import __version__
+from seganypet.io.dicom_write import write_pet_dicom
+from seganypet.io.write import write_atomic, write_nifti
+from seganypet.phantom.generate import LABELS, PhantomConfig, generate_case
+from seganypet.phantom.noise import corrupt_labels
+from seganypet.progress import track
+
+INSTANCES_DIR = {"Tr": "instancesTr", "Ts": "instancesTs"}
+
+
+def case_name(seed: int) -> str:
+    return f"phantom_{seed:05d}"
+
+
+def noisy_seeds(train_seeds: list[int], rate: float, seed: int) -> set[int]:
+    """Exactly round(rate * N) training cases get noisy labels, chosen by ``seed``."""
+    count = int(round(rate * len(train_seeds)))
+    rng = np.random.default_rng(seed + 7919)
+    return {int(s) for s in rng.choice(train_seeds, size=count, replace=False)} if count else set()
+
+
+def write_json(path: Path, payload: dict) -> Path:
+    return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2, default=str)))
+
+
+def write_case(out: Path, seed: int, split: str, noisy: bool, dicom: bool, mip: bool, config: PhantomConfig | None) -> dict:
+    name = case_name(seed)
+    case = generate_case(seed, config)
+    noise_applied: list = []
+    labels = case.labels
+    if noisy:
+        labels, noise_applied = corrupt_labels(case.labels, case.instances, np.random.default_rng(seed + 104729))
+    if dicom:
+        write_pet_dicom(case.image, out / "dicom" / name, case.acquisition)
+    if mip:
+        from seganypet.viz import save_mip_png
+
+        save_mip_png(case.image, out / "mip" / f"{name}.png", case.labels, {v: k for k, v in LABELS.items()},
+                     title=f"{name} ({case.physics['scanner']})")
+    write_nifti(case.image, out / f"labels{split}" / f"{name}.nii.gz", labels)
+    if split == "Tr":
+        write_nifti(case.image, out / "labelsTr_clean" / f"{name}.nii.gz", case.labels)
+    write_nifti(case.image, out / INSTANCES_DIR[split] / f"{name}.nii.gz", case.instances)
+    meta = {
+        "case": name, "seed": seed, "split": split, "label_quality": "noisy" if noisy else "clean",
+        "noise_applied": noise_applied, "lesions": [asdict(lesion) for lesion in case.lesions],
+        "uptake_suv": {k: round(v, 3) for k, v in case.uptake.items()}, "physics": case.physics,
+        "acquisition": asdict(case.acquisition), "shape": case.image.shape,
+        "spacing_mm": [round(float(v), 4) for v in case.image.spacing],
+    }
+    write_json(out / "metadata" / f"{name}.json", meta)
+    write_nifti(case.image, out / f"images{split}" / f"{name}_0000.nii.gz")  # written last: marks the case done
+    return meta
+
+
+def write_phantom_dataset(
+    out: str | Path,
+    n_train: int,
+    n_test: int = 0,
+    seed: int = 0,
+    noisy_rate: float = 0.0,
+    dicom: bool = False,
+    mip: bool = False,
+    config: PhantomConfig | None = None,
+) -> Path:
+    """Generate ``n_train`` + ``n_test`` cases (seeds ``seed``, ``seed + 1``, ...) into ``out``."""
+    out = Path(out)
+    train = list(range(seed, seed + n_train))
+    test = list(range(seed + n_train, seed + n_train + n_test))
+    noisy = noisy_seeds(train, noisy_rate, seed)
+    jobs = [(s, "Tr") for s in train] + [(s, "Ts") for s in test]
+    for s, split in track(jobs, "generating phantoms", total=len(jobs)):
+        if (out / f"images{split}" / f"{case_name(s)}_0000.nii.gz").exists():
+            continue
+        write_case(out, s, split, s in noisy, dicom, mip, config)
+    dataset = {
+        "name": out.name,
+        "description": "seganypet synthetic whole-body FDG PET phantoms (SUVbw)",
+        "channel_names": {"0": "PET"},
+        "labels": LABELS,
+        "numTraining": n_train,
+        "file_ending": ".nii.gz",
+        "seganypet": {
+            "version": __version__,
+            "units": "SUVbw",
+            "instances": "instancesTr / instancesTs: one id per lesion",
+            "clean_labels": "labelsTr_clean",
+            "label_quality": {case_name(s): ("noisy" if s in noisy else "clean") for s in train},
+            "train_seeds": [train[0], train[-1]] if train else [],
+            "test_seeds": [test[0], test[-1]] if test else [],
+        },
+    }
+    write_json(out / "dataset.json", dataset)
+    return out
