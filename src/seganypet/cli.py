@@ -37,7 +37,7 @@ def _configure(
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Debug output.")] = False,
 ) -> None:
     level = logging.ERROR if quiet else logging.DEBUG if verbose else logging.INFO
-    logging.basicConfig(level=level, format="%(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(message)s", stream=sys.stderr)  # libraries: warnings only
     log.setLevel(level)
 
 
@@ -100,6 +100,109 @@ def convert(
     image = read_input(input, series, units, weight, dose, uptake)
     write_nifti(image, output)
     log.info("wrote %s (%s, SUVbw max %.2f)", output, " x ".join(map(str, image.shape)), image.array.max())
+
+
+def _load_targets(prompts_file: Path | None, point, negative, box, label: str, coords: str) -> tuple[list[dict], str]:
+    """Targets from --point/--negative/--box, or from a prompts JSON file for many targets at once."""
+    import json
+
+    from seganypet.prompts import parse_triplet
+
+    if prompts_file is None:
+        corners = None
+        if box:
+            values = [float(v) for v in box.split(",")] if box.count(",") == 5 else None
+            if values is None:
+                raise SegAnyPetError(f"--box {box!r} needs six numbers x0,y0,z0,x1,y1,z1")
+            corners = values
+        return [{"name": label, "points": [parse_triplet(p) for p in point],
+                 "negative": [parse_triplet(p, "negative point") for p in negative], "box": corners}], coords
+    try:
+        spec = json.loads(prompts_file.read_text())
+        targets = spec["targets"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise SegAnyPetError(f"not a prompts file with a 'targets' list ({exc})", prompts_file) from None
+    return [{"name": t.get("name", f"target_{n}"), "points": t.get("points", []), "negative": t.get("negative", []),
+             "box": t.get("box")} for n, t in enumerate(targets, start=1)], spec.get("coords", coords)
+
+
+@app.command()
+def segment(
+    input: InputOpt,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Output folder: mask, DICOM SEG, report, picture.")],
+    point: Annotated[list[str], typer.Option("--point", "-p", help="Positive click x,y,z (repeatable).")] = [],  # noqa: B006
+    negative: Annotated[list[str], typer.Option("--negative", "-n", help="Negative click x,y,z (repeatable).")] = [],  # noqa: B006
+    box: Annotated[Optional[str], typer.Option("--box", help="Box x0,y0,z0,x1,y1,z1.")] = None,
+    method: Annotated[str, typer.Option("--method", "-m", help="model, suv2.5, pct41, pct50 or region-growing.")] = "pct41",
+    coords: Annotated[str, typer.Option("--coords", help="voxel (x,y,z = i,j,k of the file) or mm (file's own space).")] = "voxel",
+    prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSON file with many targets.")] = None,
+    label: Annotated[str, typer.Option("--label", help="Name of the structure (single target).")] = "lesion",
+    series: SeriesOpt = None,
+    units: UnitsOpt = "suv",
+    weight: WeightOpt = None,
+    dose: DoseOpt = None,
+    uptake: UptakeOpt = 0.0,
+) -> None:
+    """Outline structures from clicks or boxes and write the mask, DICOM SEG, report and picture."""
+    import numpy as np
+
+    from seganypet.baselines import segment_classical
+    from seganypet.prompts import make_prompts
+    from seganypet.report import summary_line, write_outputs
+
+    if coords not in ("voxel", "mm"):
+        raise SegAnyPetError(f"--coords must be voxel or mm, got {coords!r}")
+    targets, coords = _load_targets(prompts, point, negative, box, label, coords)
+    image = read_input(input, series, units, weight, dose, uptake)
+    labels = np.zeros(image.shape, np.uint8 if len(targets) < 256 else np.uint16)
+    names = {}
+    for value, target in enumerate(targets, start=1):
+        p = make_prompts(image, target["points"], target["negative"], target["box"], coords)
+        mask = segment_classical(image, p, method)
+        if not mask.any():
+            raise SegAnyPetError(f"{method} found nothing for target {target['name']!r}: click on the structure itself")
+        labels[mask & (labels == 0)] = value
+        names[value] = target["name"]
+    written = write_outputs(image, labels, names, output, method, {"coords": coords, "targets": targets})
+    import json
+
+    for s in json.loads(written["json"].read_text())["structures"]:
+        typer.echo(summary_line(s["name"], s["total"]))
+    log.info("wrote %s", ", ".join(str(p) for p in written.values()))
+
+
+@app.command()
+def quantify(
+    input: InputOpt,
+    mask: Annotated[Path, typer.Option("-m", "--mask", help="Label map (NIfTI) on the scan's grid.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Report JSON to write (CSV beside it).")],
+    series: SeriesOpt = None,
+    units: UnitsOpt = "suv",
+    weight: WeightOpt = None,
+    dose: DoseOpt = None,
+    uptake: UptakeOpt = 0.0,
+) -> None:
+    """Measure SUVmax/mean/peak, MTV and TLG of an existing mask."""
+    import json
+
+    import numpy as np
+
+    from seganypet.io import read_pet
+    from seganypet.io.write import write_atomic
+    from seganypet.report import build_report, report_csv, summary_line
+
+    image = read_input(input, series, units, weight, dose, uptake)
+    labels_image = read_pet(mask)
+    if labels_image.shape != image.shape or not np.allclose(labels_image.affine_in("RAS"), image.affine_in("RAS"), atol=1e-3):
+        raise SegAnyPetError(f"mask grid {labels_image.shape} does not match the scan's {image.shape} (shape or affine differ)", mask)
+    labels = np.rint(labels_image.array).astype(np.int32)
+    if not labels.any():
+        raise SegAnyPetError("the mask is empty", mask)
+    report = build_report(image, labels, {}, "external mask", {"mask": str(mask)})
+    write_atomic(output, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
+    write_atomic(output.with_suffix(".csv"), lambda tmp: tmp.write_text(report_csv(report)))
+    for s in report["structures"]:
+        typer.echo(summary_line(s["name"], s["total"]))
 
 
 @app.command()

@@ -140,7 +140,7 @@ def _slice_dataset(info: AcquisitionInfo, study_uid: str, series_uid: str, frame
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study_uid, series_uid, frame_uid
     ds.StudyID, ds.SeriesNumber = "1", 1
     ds.PositionReferenceIndicator = ""
-    ds.PatientPosition = "HFS"
+    ds.Laterality = ""  # whole body: not a paired structure
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
     ds.Units = "BQML"
@@ -155,12 +155,13 @@ def _slice_dataset(info: AcquisitionInfo, study_uid: str, series_uid: str, frame
     ds.ActualFrameDuration = 120000
     ds.AxialMash = [5, 6]
     ds.CollimatorType = "NONE"
-    ds.PatientOrientationCodeSequence = Sequence()
+    ds.PatientOrientationCodeSequence = Sequence()  # with it present, PatientPosition must be absent
+    ds.PatientGantryRelationshipCodeSequence = Sequence()
 
     nuclide = Dataset()
-    nuclide.CodeValue, nuclide.CodingSchemeDesignator, nuclide.CodeMeaning = "C-111A1", "SRT", "^18^Fluorine"
+    nuclide.CodeValue, nuclide.CodingSchemeDesignator, nuclide.CodeMeaning = "77004003", "SCT", "^18^Fluorine"
     drug = Dataset()
-    drug.CodeValue, drug.CodingSchemeDesignator, drug.CodeMeaning = "C-B1031", "SRT", "Fluorodeoxyglucose F^18^"
+    drug.CodeValue, drug.CodingSchemeDesignator, drug.CodeMeaning = "35321007", "SCT", "Fluorodeoxyglucose F^18^"
     rp = Dataset()
     rp.Radiopharmaceutical = "Fluorodeoxyglucose"
     rp.RadiopharmaceuticalStartTime = _tm(info.injection_time)
