@@ -247,3 +247,15 @@ def test_cli_info_and_convert(tmp_path):
     subprocess.run([sys.executable, "-m", "seganypet.cli", "-q", "convert", "-i", str(tmp_path / "d"),
                     "-o", str(tmp_path / "suv.nii.gz")], check=True)
     assert nib.load(tmp_path / "suv.nii.gz").shape == (6, 5, 4)
+
+
+def test_written_files_are_readable_like_any_other(tmp_path):
+    import os
+    import stat
+
+    nib.save(nib.Nifti1Image(np.ones((3, 3, 3), np.float32), np.eye(4)), tmp_path / "in.nii.gz")
+    write_nifti(read_pet(tmp_path / "in.nii.gz"), tmp_path / "out.nii.gz")
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "out.nii.gz").stat().st_mode) == 0o666 & ~umask
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind

@@ -28,6 +28,9 @@ def atomic_path(path: str | Path):
     os.close(fd)
     try:
         yield Path(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should read like any other file
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
