@@ -118,7 +118,7 @@ def _check_grid(positions: np.ndarray, normal: np.ndarray, items: list[tuple[Pat
     return float(gaps.mean())
 
 
-def _pixels(path: Path) -> tuple[np.ndarray, Dataset]:
+def _rescaled_pixels(path: Path) -> np.ndarray:
     try:
         ds = pydicom.dcmread(path)
         pixels = ds.pixel_array
@@ -128,7 +128,7 @@ def _pixels(path: Path) -> tuple[np.ndarray, Dataset]:
         raise SegAnyPetError(f"multi-frame image ({pixels.shape}): enhanced/4D PET is not supported", path)
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
     intercept = float(ds.get("RescaleIntercept", 0.0) or 0.0)
-    return pixels.astype(np.float64) * slope + intercept, ds
+    return pixels.astype(np.float64) * slope + intercept
 
 
 def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> PetImage:
@@ -161,8 +161,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> PetI
 
     slices = []
     for (path, _), factor in track(zip(items, factors, strict=True), "reading DICOM", total=len(items)):
-        values, _ = _pixels(path)
-        slices.append(values * factor)
+        slices.append(_rescaled_pixels(path) * factor)
     shapes = {s.shape for s in slices}
     if len(shapes) != 1:
         raise SegAnyPetError(f"slices have different sizes {sorted(shapes)}", folder)

@@ -108,7 +108,7 @@ def generate_case(seed: int, config: PhantomConfig | None = None) -> PhantomCase
     head = rng.uniform(0.93, 1.07)
     scanner = config.scanner or list(SCANNERS)[rng.integers(len(SCANNERS))]
     matrix, pixel, slice_mm = SCANNERS[scanner]
-    z_lo, z_hi = config.z_range_mm or (-rng.uniform(120, 260), (715 + 110) * s * head / s + 15)
+    z_lo, z_hi = config.z_range_mm or (-rng.uniform(120, 260), 715 * s + 105 * head + 15)  # mid-thigh to vertex
     n_k = int(math.ceil((z_hi - z_lo) / slice_mm))
     grid = Grid((matrix, matrix, n_k), (pixel, pixel, slice_mm),
                 (-(matrix - 1) * pixel / 2, -(matrix - 1) * pixel / 2 + rng.uniform(-15, 15), z_lo))
