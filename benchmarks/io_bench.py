@@ -33,7 +33,7 @@ def main() -> None:
         write_nifti(case.image, tmp / "pet.nii.gz")
         shape = "x".join(map(str, case.image.shape))
         for label, path in (("seganypet DICOM -> SUV", tmp / "dicom"), ("seganypet NIfTI", tmp / "pet.nii.gz")):
-            _, seconds, peak = measure(lambda: read_pet(path), args.repeat)
+            _, seconds, peak = measure(lambda path=path: read_pet(path), args.repeat)
             rows.append({"reader": label, "shape": shape, "seconds": seconds, "peak_MB": peak})
         if shutil.which("dcm2niix"):
             best = float("inf")

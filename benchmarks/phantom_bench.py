@@ -40,7 +40,7 @@ def main() -> None:
     stats = {k: [] for k in LITERATURE}
     cost, lesion_rows = [], []
     for seed in range(args.seed, args.seed + args.cases):
-        case, seconds, peak = measure(lambda: generate_case(seed))
+        case, seconds, peak = measure(lambda seed=seed: generate_case(seed))
         cost.append({"seed": seed, "scanner": case.physics["scanner"], "shape": "x".join(map(str, case.image.shape)),
                      "seconds": seconds, "peak_MB": peak, "lesions": len(case.lesions)})
         suv = case.image.array

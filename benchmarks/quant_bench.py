@@ -35,7 +35,7 @@ def main() -> None:
     largest = max(case.lesions, key=lambda lesion: (case.instances == lesion.id).sum())
     click = click_inside(case.instances == largest.id)
     for method in METHODS:
-        _, seconds, peak = measure(lambda: segment_classical(case.image, Prompts(positive=[click]), method), args.repeat)
+        _, seconds, peak = measure(lambda method=method: segment_classical(case.image, Prompts(positive=[click]), method), args.repeat)
         rows.append({"task": f"{method} from one click", "shape": shape, "seconds": seconds, "peak_MB": peak})
     report("quant_bench", rows)
 

@@ -133,7 +133,7 @@ def segment(
     point: Annotated[list[str], typer.Option("--point", "-p", help="Positive click x,y,z (repeatable).")] = [],  # noqa: B006
     negative: Annotated[list[str], typer.Option("--negative", "-n", help="Negative click x,y,z (repeatable).")] = [],  # noqa: B006
     box: Annotated[Optional[str], typer.Option("--box", help="Box x0,y0,z0,x1,y1,z1.")] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="model, suv2.5, pct41, pct50 or region-growing.")] = "pct41",
+    method: Annotated[str, typer.Option("--method", "-m", help="suv2.5, pct41, pct50 or region-growing.")] = "pct41",
     coords: Annotated[str, typer.Option("--coords", help="voxel (x,y,z = i,j,k of the file) or mm (file's own space).")] = "voxel",
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSON file with many targets.")] = None,
     label: Annotated[str, typer.Option("--label", help="Name of the structure (single target).")] = "lesion",
@@ -163,10 +163,8 @@ def segment(
             raise SegAnyPetError(f"{method} found nothing for target {target['name']!r}: click on the structure itself")
         labels[mask & (labels == 0)] = value
         names[value] = target["name"]
-    written = write_outputs(image, labels, names, output, method, {"coords": coords, "targets": targets})
-    import json
-
-    for s in json.loads(written["json"].read_text())["structures"]:
+    written, report = write_outputs(image, labels, names, output, method, {"coords": coords, "targets": targets})
+    for s in report["structures"]:
         typer.echo(summary_line(s["name"], s["total"]))
     log.info("wrote %s", ", ".join(str(p) for p in written.values()))
 
@@ -221,6 +219,8 @@ def phantom(
     from seganypet.phantom.dataset import write_phantom_dataset
     from seganypet.phantom.generate import SCANNERS
 
+    if cases < 0 or test_cases < 0:
+        raise SegAnyPetError(f"--cases and --test-cases must not be negative, got {cases} and {test_cases}")
     if not 0.0 <= noisy_labels <= 1.0:
         raise SegAnyPetError(f"--noisy-labels must be between 0 and 1, got {noisy_labels}")
     if scanner is not None and scanner not in SCANNERS:

@@ -17,7 +17,7 @@ from scipy import ndimage
 from seganypet.baselines import segment_classical
 from seganypet.io import read_pet
 from seganypet.io.dicom_write import write_pet_dicom
-from seganypet.phantom import LABELS, PhantomConfig, generate_case
+from seganypet.phantom import PhantomConfig, generate_case
 from seganypet.prompts import Prompts
 from seganypet.report import summary_line, write_outputs
 
@@ -56,10 +56,7 @@ def run_demo(out: str | Path, seed: int = 0) -> dict:
         names[value] = name
         dice[name] = float(2 * (mask & truth).sum() / (mask.sum() + truth.sum()))
         log.info("clicked %s at voxel %s", name, click)
-    written = write_outputs(image, labels, names, out, METHOD, {"clicks": "one per lesion, at its deepest voxel"})
-    import json
-
-    report = json.loads(written["json"].read_text())
+    written, report = write_outputs(image, labels, names, out, METHOD, {"clicks": "one per lesion, at its deepest voxel"})
     for s in report["structures"]:
         print(summary_line(s["name"], s["total"]) + f"  Dice vs truth {dice[s['name']]:.3f}")
     print(f"wrote {', '.join(str(p) for p in written.values())}")

@@ -74,8 +74,11 @@ def write_outputs(
     method: str,
     prompts: Mapping | None = None,
     picture: bool = True,
-) -> dict[str, Path]:
-    """Write mask.nii.gz, seg.dcm (DICOM input only), report.json, report.csv and overview.png into ``out``."""
+) -> tuple[dict[str, Path], dict]:
+    """Write mask.nii.gz, seg.dcm (DICOM input only), report.json, report.csv and overview.png into ``out``.
+
+    Returns the paths written and the report itself, so callers need not read it back.
+    """
     out = Path(out)
     report = build_report(image, labels, names, method, prompts)
     written = {"mask": write_nifti(image, out / "mask.nii.gz", labels.astype(np.uint16 if labels.max() > 255 else np.uint8))}
@@ -91,7 +94,7 @@ def write_outputs(
         hottest = max(report["structures"], key=lambda s: s["total"]["suv_max"])["total"]["suv_max_voxel"]
         written["picture"] = save_mip_png(image, out / "overview.png", labels, dict(names), suv_max=6.0,
                                           title=f"{method}: coronal MIP", axial_through=hottest)
-    return written
+    return written, report
 
 
 def summary_line(name: str, q: Quantities | Mapping) -> str:

@@ -50,7 +50,7 @@ def write_dicom_seg(image: PetImage, labels: np.ndarray, names: Mapping[int, str
     files = image.meta.source_files
     if not files:
         raise SegAnyPetError("DICOM SEG needs a DICOM source series; this image came from a volume file", image.source)
-    sources = [pydicom.dcmread(f, stop_before_pixels=False) for f in files]
+    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # SEG copies headers, never pixels
     values = [int(v) for v in np.unique(labels) if v]
     if not values:
         raise SegAnyPetError("nothing to export: the mask is empty", image.source)

@@ -334,7 +334,7 @@ def _paint_lesions(grid, tissue, activity, instances, texture, uptake, rng, s, m
     names, weights = zip(*((k, v[0]) for k, v in LESION_SITES.items()))
     body_core = tissue != T["air"]
     lesions: list[Lesion] = []
-    for attempt in range(n * 6):
+    for _ in range(n * 6):
         if len(lesions) == n:
             break
         site = names[rng.choice(len(names), p=np.array(weights) / sum(weights))]
