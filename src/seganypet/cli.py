@@ -126,6 +126,16 @@ def _load_targets(prompts_file: Path | None, point, negative, box, label: str, c
              "box": t.get("box")} for n, t in enumerate(targets, start=1)], spec.get("coords", coords)
 
 
+def _device(name: str) -> str:
+    import torch
+
+    if name == "cpu":
+        return name
+    if not name.startswith("cuda") or not torch.cuda.is_available():
+        raise SegAnyPetError(f"device {name!r} is not available here (use cpu{', cuda' if torch.cuda.is_available() else ''})")
+    return name
+
+
 @app.command()
 def segment(
     input: InputOpt,
@@ -133,7 +143,9 @@ def segment(
     point: Annotated[list[str], typer.Option("--point", "-p", help="Positive click x,y,z (repeatable).")] = [],  # noqa: B006
     negative: Annotated[list[str], typer.Option("--negative", "-n", help="Negative click x,y,z (repeatable).")] = [],  # noqa: B006
     box: Annotated[Optional[str], typer.Option("--box", help="Box x0,y0,z0,x1,y1,z1.")] = None,
-    method: Annotated[str, typer.Option("--method", "-m", help="suv2.5, pct41, pct50 or region-growing.")] = "pct41",
+    method: Annotated[str, typer.Option("--method", "-m", help="model, suv2.5, pct41, pct50 or region-growing.")] = "pct41",
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Model checkpoint (default: the shipped one).")] = None,
+    device: Annotated[str, typer.Option("--device", "-d", help="cpu or cuda[:N] (model only).")] = "cpu",
     coords: Annotated[str, typer.Option("--coords", help="voxel (x,y,z = i,j,k of the file) or mm (file's own space).")] = "voxel",
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSON file with many targets.")] = None,
     label: Annotated[str, typer.Option("--label", help="Name of the structure (single target).")] = "lesion",
@@ -156,9 +168,21 @@ def segment(
     image = read_input(input, series, units, weight, dose, uptake)
     labels = np.zeros(image.shape, np.uint8 if len(targets) < 256 else np.uint16)
     names = {}
+    session = None
+    if method == "model":
+        from seganypet.infer import Session
+        from seganypet.modeling import load_model
+
+        session = Session(load_model(checkpoint, device=_device(device)))
+        session.set_image(image)
     for value, target in enumerate(targets, start=1):
         p = make_prompts(image, target["points"], target["negative"], target["box"], coords)
-        mask = segment_classical(image, p, method)
+        if session is not None:
+            from seganypet.infer import segment_with_model
+
+            mask = segment_with_model(session, p)
+        else:
+            mask = segment_classical(image, p, method)
         if not mask.any():
             raise SegAnyPetError(f"{method} found nothing for target {target['name']!r}: click on the structure itself")
         labels[mask & (labels == 0)] = value

@@ -1,0 +1,86 @@
+"""The crop: an axis-aligned window of the image, resampled to the model's grid, and its exact inverse.
+
+The crop's axes are the image's own voxel axes, so the map between them is a per-axis
+scale and offset (``image_ijk = origin + step * crop_ijk``) whatever the image's affine
+(rotated, flipped, anisotropic): resampling into the crop and pasting back are the same
+affine map, once forward and once inverted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+Region = tuple[slice, slice, slice]
+
+
+@dataclass(frozen=True)
+class CropGeometry:
+    origin: tuple[float, float, float]  # image voxel position (i, j, k) of crop voxel (0, 0, 0)
+    step: tuple[float, float, float]  # image voxels per crop voxel, per axis
+    size: int  # crop voxels per side
+
+    @classmethod
+    def centred(cls, centre_ijk, image_spacing, crop_spacing_mm: float, size: int) -> CropGeometry:
+        step = crop_spacing_mm / np.asarray(image_spacing, float)
+        origin = np.asarray(centre_ijk, float) - step * (size - 1) / 2
+        return cls(tuple(float(v) for v in origin), tuple(float(v) for v in step), size)  # type: ignore[arg-type]
+
+    @property
+    def centre(self) -> np.ndarray:
+        return np.asarray(self.origin) + np.asarray(self.step) * (self.size - 1) / 2
+
+    def to_crop(self, ijk) -> np.ndarray:
+        """Image voxel positions (..., 3) -> continuous crop voxel positions."""
+        return (np.asarray(ijk, float) - self.origin) / self.step
+
+    def to_image(self, crop_ijk) -> np.ndarray:
+        return np.asarray(self.origin) + np.asarray(crop_ijk, float) * self.step
+
+    def coarsened(self, factor: int) -> CropGeometry:
+        """The same window on a grid ``factor`` times coarser (e.g. the decoder's low-res mask grid)."""
+        step = np.asarray(self.step) * factor
+        origin = np.asarray(self.origin) + np.asarray(self.step) * (factor - 1) / 2
+        return CropGeometry(tuple(origin.tolist()), tuple(step.tolist()), self.size // factor)  # type: ignore[arg-type]
+
+    def sample(self, volume: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
+        """(size,)*3 float32 values of ``volume`` at the crop's voxels; ``cval`` outside the image."""
+        return ndimage.affine_transform(volume, np.asarray(self.step), offset=np.asarray(self.origin),
+                                        output_shape=(self.size,) * 3, order=order, mode="constant", cval=cval,
+                                        output=np.float32, prefilter=False)
+
+    def footprint(self, shape) -> Region:
+        """The image voxels whose crop position lies in [-0.5, size - 0.5), clipped to the image."""
+        lo = np.ceil(self.to_image([-0.5] * 3) - 1e-6)
+        hi = np.ceil(self.to_image([self.size - 0.5] * 3) - 1e-6)
+        lo = np.clip(lo, 0, np.asarray(shape)).astype(int)
+        hi = np.clip(hi, 0, np.asarray(shape)).astype(int)
+        return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+    def paste(self, crop_values: np.ndarray, shape) -> tuple[Region, np.ndarray]:
+        """Crop-grid values -> (footprint region, the values resampled onto the image voxels in it).
+
+        Linear interpolation of the crop values at each image voxel's crop position; positions in
+        the last half crop voxel take the edge value.
+        """
+        region = self.footprint(shape)
+        start = np.array([s.start for s in region], float)
+        out_shape = tuple(s.stop - s.start for s in region)
+        inverse = 1 / np.asarray(self.step)
+        values = ndimage.affine_transform(crop_values.astype(np.float32), inverse, offset=(start - self.origin) * inverse,
+                                          output_shape=out_shape, order=1, mode="nearest", output=np.float32,
+                                          prefilter=False)
+        return region, values
+
+    def border_faces_inside(self, shape) -> list[tuple[int, int]]:
+        """(axis, 0 or size-1) for each face of the crop that lies inside the image: an object touching
+        such a face may continue beyond the crop; one touching a face outside the image cannot."""
+        faces = []
+        for axis in range(3):
+            for index in (0, self.size - 1):
+                position = self.origin[axis] + self.step[axis] * index
+                if 0 <= position <= shape[axis] - 1:
+                    faces.append((axis, index))
+        return faces

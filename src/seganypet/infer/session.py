@@ -1,0 +1,320 @@
+"""The interactive session: one image, clicks and boxes in, a 3D mask per target out.
+
+Shaped after nnInteractive's session and SAM's predictor: ``set_image`` keeps the scan;
+each ``add_point`` / ``add_box`` decodes once on a cached crop embedding (the encoder runs
+only when the crop moves), feeds the previous mask back as a prompt, and writes the result
+into a target buffer in the full image's grid, one label per target.
+
+Coordinates: ``(x, y, z)`` = voxel indices ``(i, j, k)`` of the input file (floats allowed),
+or millimetres in the file's space with ``coords="mm"``.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from seganypet.errors import SegAnyPetError
+from seganypet.infer.crop import CropGeometry, Region
+from seganypet.io.image import PetImage
+from seganypet.modeling import ImageEmbedding, SegAnyPet, load_model, normalise_suv
+from seganypet.prompts import Coords, Prompts
+
+log = logging.getLogger(__name__)
+
+MASK_PROMPT_LOGIT = 4.0  # a binary mask given as a prompt (after the crop moved) is fed as +-4 logits
+KEEP_MARGIN = 0.125  # a click within this fraction of the crop size from its edge moves the crop
+FIT_FRACTION = 0.75  # a target is zoomed to fill at most this fraction of the crop
+MAX_ZOOM_ROUNDS = 3
+EMBEDDING_CACHE = 4
+
+
+@dataclass
+class Target:
+    """One object being segmented: its prompts and its last prediction."""
+
+    label: int
+    points: list[tuple[np.ndarray, bool]] = field(default_factory=list)  # (image ijk, positive)
+    box: tuple[np.ndarray, np.ndarray] | None = None
+    crop: CropGeometry | None = None
+    logits: torch.Tensor | None = None  # (1, 1, L, L, L) low-res logits of the last prediction, in `crop`
+    score: float = float("nan")  # the IoU head's estimate for the last prediction
+    bbox: Region | None = None  # bounding box of the target's voxels in the buffer
+
+
+@dataclass
+class Interaction:
+    """What one prompt changed: the target's label, the model's IoU estimate, and the buffer region rewritten."""
+
+    label: int
+    score: float
+    region: Region
+    crop: CropGeometry
+
+
+@dataclass
+class _Step:
+    target: Target
+    region: Region
+    before: np.ndarray
+
+
+class Session:
+    """``Session(model)`` then ``set_image(image)``, then prompts; ``mask`` is the current target's mask.
+
+    ``max_zoom``: how far the crop may be zoomed out (as a multiple of the model's spacing) for
+    targets larger than one crop (nnInteractive's AutoZoom idea).
+    """
+
+    def __init__(self, model: SegAnyPet | None = None, device: str | torch.device = "cpu", max_zoom: float = 4.0) -> None:
+        self.model = model if model is not None else load_model(device=device)
+        self.device = next(self.model.parameters()).device
+        self.max_zoom = max_zoom
+        self.image: PetImage | None = None
+        self.target_buffer: np.ndarray | None = None
+        self.encoder_calls = 0
+        self._input: np.ndarray | None = None
+        self._embeddings: OrderedDict[CropGeometry, ImageEmbedding] = OrderedDict()
+        self._targets: dict[int, Target] = {}
+        self._current: Target | None = None
+        self._history: list[_Step] = []
+
+    # ---- image and targets -------------------------------------------------------------------
+    def set_image(self, image: PetImage, target_buffer: np.ndarray | None = None) -> None:
+        """Keep the scan (SUV) and start with no targets. ``target_buffer``: an optional caller-owned
+        integer array of the image's shape that receives the labels."""
+        if target_buffer is not None and target_buffer.shape != image.shape:
+            raise SegAnyPetError(f"target buffer shape {target_buffer.shape} differs from the image's {image.shape}")
+        self.image = image
+        self._input = normalise_suv(image.array)
+        self._embeddings.clear()
+        self.target_buffer = target_buffer if target_buffer is not None else np.zeros(image.shape, np.uint16)
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget every target and clear the buffer; keep the image and its cached embeddings."""
+        self._require_image()
+        self.target_buffer[...] = 0
+        self._targets.clear()
+        self._history.clear()
+        self._current = None
+        self.new_target()
+
+    def new_target(self) -> int:
+        """Start a new object; the next prompts segment it under a new label. Returns the label."""
+        self._require_image()
+        if self._current is not None and not self._current.points and self._current.box is None:
+            return self._current.label  # the current target is still empty: keep its label
+        label = max(self._targets, default=0) + 1
+        self._current = self._targets[label] = Target(label)
+        return label
+
+    @property
+    def label(self) -> int:
+        return self._current.label
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Bool mask of the current target in the full image grid, axes (i, j, k)."""
+        self._require_image()
+        return self.target_buffer == self._current.label
+
+    @property
+    def score(self) -> float:
+        return self._current.score
+
+    # ---- prompts --------------------------------------------------------------------------------
+    def add_point(self, xyz, positive: bool = True, coords: Coords = "voxel") -> Interaction:
+        """A click on (positive) or off (negative) the current target."""
+        self._require_image()
+        ijk = self._to_ijk(xyz, coords)
+        return self._apply(lambda target: target.points.append((ijk, bool(positive))))
+
+    def add_box(self, lo, hi, coords: Coords = "voxel") -> Interaction:
+        """A box around the current target, by two opposite corners (inclusive); replaces an earlier box."""
+        self._require_image()
+        a, b = self._to_ijk(lo, coords, "box corner"), self._to_ijk(hi, coords, "box corner")
+        return self._apply(lambda target: setattr(target, "box", (np.minimum(a, b), np.maximum(a, b))))
+
+    def undo(self) -> bool:
+        """Take back the last prompt: the buffer and the target return to exactly their previous state."""
+        self._require_image()
+        if not self._history:
+            return False
+        step = self._history.pop()
+        self.target_buffer[step.region] = step.before
+        self._targets[step.target.label] = self._current = step.target
+        return True
+
+    # ---- internals ------------------------------------------------------------------------------
+    def _require_image(self) -> None:
+        if self.image is None:
+            raise SegAnyPetError("no image: call set_image first")
+
+    def _to_ijk(self, xyz, coords: Coords, what: str = "point") -> np.ndarray:
+        ijk = np.asarray(xyz, float).reshape(3)
+        if coords == "mm":
+            ijk = self.image.world_to_voxel(ijk)[0]
+        elif coords != "voxel":
+            raise SegAnyPetError(f"coords must be 'voxel' or 'mm', not {coords!r}")
+        if np.any(ijk < -0.5) or np.any(ijk > np.asarray(self.image.shape) - 0.5):
+            shown = ",".join(f"{v:g}" for v in np.asarray(xyz, float).reshape(3))
+            raise SegAnyPetError(f"{what} {shown} ({coords}) lies outside the volume of "
+                                 f"{'x'.join(map(str, self.image.shape))} voxels", self.image.source)
+        return ijk
+
+    def _apply(self, change) -> Interaction:
+        """Change the current target's prompts and predict; the untouched copy is kept for undo
+        and put back if prediction fails."""
+        before = copy.deepcopy(self._current)
+        change(self._current)
+        try:
+            return self._predict(self._current, before)
+        except BaseException:
+            self._targets[before.label] = self._current = before
+            raise
+
+    def _prompt_extent(self, target: Target) -> tuple[np.ndarray, np.ndarray]:
+        """Bounding box (image ijk) of the positive prompts and the target's current voxels."""
+        points = [p for p, positive in target.points if positive]
+        if target.box is not None:
+            points += list(target.box)
+        if target.bbox is not None:
+            points += [np.array([s.start for s in target.bbox], float), np.array([s.stop - 1 for s in target.bbox], float)]
+        if not points:  # only negative clicks so far: centre on them
+            points = [p for p, _ in target.points]
+        points = np.asarray(points)
+        return points.min(0), points.max(0)
+
+    def _fitted_crop(self, lo: np.ndarray, hi: np.ndarray, min_zoom: float = 1.0) -> CropGeometry:
+        config = self.model.config
+        extent_mm = (hi - lo + 1) * self.image.spacing
+        zoom = float(np.clip(extent_mm.max() / (FIT_FRACTION * config.field_of_view_mm), min_zoom, self.max_zoom))
+        return CropGeometry.centred((lo + hi) / 2, self.image.spacing, config.spacing_mm * zoom, config.crop_size)
+
+    def _choose_crop(self, target: Target) -> CropGeometry:
+        crop = target.crop
+        if crop is not None:
+            size, margin = crop.size, KEEP_MARGIN * crop.size
+            prompts = [p for p, _ in target.points] + (list(target.box) if target.box is not None else [])
+            inside = all(np.all((c := crop.to_crop(p)) >= margin) and np.all(c <= size - 1 - margin) for p in prompts)
+            if inside:
+                return crop
+        return self._fitted_crop(*self._prompt_extent(target))
+
+    def _embedding(self, crop: CropGeometry) -> ImageEmbedding:
+        if crop in self._embeddings:
+            self._embeddings.move_to_end(crop)
+            return self._embeddings[crop]
+        tensor = torch.from_numpy(crop.sample(self._input))[None, None].to(self.device)
+        with torch.inference_mode():
+            embedding = self.model.embed(tensor)
+        self.encoder_calls += 1
+        self._embeddings[crop] = embedding
+        while len(self._embeddings) > EMBEDDING_CACHE:
+            self._embeddings.popitem(last=False)
+        return embedding
+
+    def _mask_prompt(self, target: Target, crop: CropGeometry) -> torch.Tensor | None:
+        """The previous prediction as a dense prompt: its own logits if the crop is unchanged, else
+        the target's current voxels resampled into the new crop's low-res grid as +-logits."""
+        if target.logits is not None and target.crop == crop:
+            return target.logits
+        if target.bbox is None:
+            return None
+        low = crop.coarsened(self.model.crop_size // self.model.mask_size)
+        inside = low.sample((self.target_buffer == target.label).astype(np.float32)) > 0.5
+        if not inside.any():
+            return None
+        logits = np.where(inside, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT).astype(np.float32)
+        return torch.from_numpy(logits)[None, None].to(self.device)
+
+    def _decode(self, target: Target, crop: CropGeometry, mask_input: torch.Tensor | None) -> tuple[torch.Tensor, float]:
+        points = [(crop.to_crop(p), positive) for p, positive in target.points]
+        kwargs: dict = {}
+        if points:
+            kwargs["points"] = torch.tensor(np.array([p for p, _ in points]), dtype=torch.float32, device=self.device)[None]
+            kwargs["labels"] = torch.tensor([int(s) for _, s in points], device=self.device)[None]
+        if target.box is not None:
+            kwargs["boxes"] = torch.tensor(crop.to_crop(np.stack(target.box)), dtype=torch.float32, device=self.device)[None]
+        single_click = len(points) == 1 and target.box is None and mask_input is None
+        with torch.inference_mode():
+            logits, iou = self.model.decode(self._embedding(crop), mask_input=mask_input, multimask=single_click, **kwargs)
+        best = int(iou[0].argmax())  # the IoU head picks among the three masks of an ambiguous single click
+        return logits[:, best : best + 1], float(iou[0, best])
+
+    def _touches_border(self, crop: CropGeometry, crop_mask: np.ndarray) -> bool:
+        for axis, face in crop.border_faces_inside(self.image.shape):
+            if np.take(crop_mask, [0 if face == 0 else -1], axis=axis).any():
+                return True
+        return False
+
+    def _predict(self, target: Target, before: Target) -> Interaction:
+        crop = self._choose_crop(target)
+        mask_input = self._mask_prompt(target, crop)
+        for round_ in range(MAX_ZOOM_ROUNDS + 1):
+            logits, score = self._decode(target, crop, mask_input)
+            with torch.inference_mode():
+                crop_logits = self.model.upsample(logits)[0, 0].float().cpu().numpy()
+            zoom = crop.step[0] * self.image.spacing[0] / self.model.config.spacing_mm
+            if round_ == MAX_ZOOM_ROUNDS or zoom >= self.max_zoom - 1e-6 or not self._touches_border(crop, crop_logits > 0):
+                break
+            # AutoZoom: the object runs out of the crop; refit the window to it, zoomed out at least 1.5x
+            coords = np.argwhere(crop_logits > 0)
+            lo, hi = crop.to_image(coords.min(0)), crop.to_image(coords.max(0))
+            prompt_lo, prompt_hi = self._prompt_extent(target)
+            lo, hi = np.minimum(lo, prompt_lo), np.maximum(hi, prompt_hi)
+            new_crop = self._fitted_crop(lo, hi, min_zoom=min(zoom * 1.5, self.max_zoom))
+            log.debug("target %d touches the crop border: zoom %.2f -> %.2f", target.label, zoom,
+                      new_crop.step[0] * self.image.spacing[0] / self.model.config.spacing_mm)
+            low = new_crop.coarsened(self.model.crop_size // self.model.mask_size)
+            region, values = crop.paste(crop_logits, self.image.shape)
+            full = np.full(self.image.shape, -MASK_PROMPT_LOGIT, np.float32)
+            full[region] = np.where(values > 0, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT)
+            mask_input = torch.from_numpy(low.sample(full, cval=-MASK_PROMPT_LOGIT))[None, None].to(self.device)
+            crop = new_crop
+        return self._write(target, before, crop, crop_logits, logits, score)
+
+    def _write(self, target: Target, before: Target, crop: CropGeometry, crop_logits: np.ndarray, logits: torch.Tensor,
+               score: float) -> Interaction:
+        footprint, values = crop.paste(crop_logits, self.image.shape)
+        region = _union(footprint, target.bbox)
+        self._history.append(_Step(before, region, self.target_buffer[region].copy()))
+        view = self.target_buffer[region]
+        view[view == target.label] = 0
+        self.target_buffer[footprint][values > 0] = target.label
+        target.crop, target.logits, target.score = crop, logits, score
+        target.bbox = _bbox(self.target_buffer[region] == target.label, region)
+        return Interaction(target.label, score, region, crop)
+
+
+def _union(a: Region, b: Region | None) -> Region:
+    if b is None:
+        return a
+    return tuple(slice(min(x.start, y.start), max(x.stop, y.stop)) for x, y in zip(a, b))  # type: ignore[return-value]
+
+
+def _bbox(mask: np.ndarray, region: Region) -> Region | None:
+    coords = np.argwhere(mask)
+    if not len(coords):
+        return None
+    start = np.array([s.start for s in region])
+    lo, hi = coords.min(0) + start, coords.max(0) + start + 1
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))  # type: ignore[return-value]
+
+
+def segment_with_model(session: Session, prompts: Prompts) -> np.ndarray:
+    """One new target from a full set of prompts (box first, then the clicks in order); its bool mask."""
+    session.new_target()
+    if prompts.box is not None:
+        session.add_box(*prompts.box)
+    for point in prompts.positive:
+        session.add_point(point, positive=True)
+    for point in prompts.negative:
+        session.add_point(point, positive=False)
+    return session.mask

@@ -1,0 +1,174 @@
+"""The interactive session: geometry from click to crop and back, caching, undo, auto-zoom, several targets.
+
+Geometry is checked with a stand-in model whose "prediction" is the crop's own hot voxels
+(normalised SUV above a threshold), so the expected mask is known exactly in the image grid;
+caching and undo run the real (untrained) test-size model.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy.spatial.transform import Rotation
+
+from seganypet.errors import SegAnyPetError
+from seganypet.infer import CropGeometry, Session, segment_with_model
+from seganypet.io import PetImage
+from seganypet.modeling import PRESETS, ImageEmbedding, build_model, normalise_suv
+from seganypet.prompts import Prompts
+
+HOT = 4.0  # SUV inside the test objects; log1p(4) = 1.61
+THRESHOLD = float(normalise_suv(np.float32(HOT / 2)))
+
+
+class HotVoxelModel(torch.nn.Module):
+    """Predicts 'hot' wherever the crop is hotter than HOT / 2 (in the model's normalised units).
+
+    For a single click it answers with three masks (nothing, the hot voxels, everything) and rates the
+    middle one best, so every test below also checks that the IoU head's choice is the mask used."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = PRESETS["test"]
+        self.crop_size = self.mask_size = self.config.crop_size  # no low-res step: the crop's own voxels
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.embed_calls = 0
+
+    def embed(self, crop):
+        self.embed_calls += 1
+        return ImageEmbedding(crop, None)
+
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask=False):
+        logits = embedding.features - THRESHOLD
+        if multimask:
+            return torch.cat([logits - 100, logits, logits + 100], 1), torch.tensor([[0.2, 0.9, 0.5]])
+        return logits, torch.ones(1, 1)
+
+    def upsample(self, low):
+        return F.interpolate(low, size=(self.crop_size,) * 3, mode="trilinear", align_corners=False)
+
+
+def oblique_image(shape=(60, 50, 40), spacing=(2.0, 3.5, 5.0)) -> PetImage:
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [20, -35, 50], degrees=True).as_matrix() @ np.diag(spacing)
+    affine[:3, :3] = affine[:3, :3] @ np.diag([1, -1, 1])  # and a flipped axis
+    affine[:3, 3] = (-40.0, 75.0, 12.0)
+    return PetImage(np.full(shape, 0.5, np.float32), affine, "LPS")
+
+
+def add_sphere(image: PetImage, centre_mm, radius_mm: float) -> np.ndarray:
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1).reshape(-1, 3)
+    inside = (np.linalg.norm(image.voxel_to_world(ijk) - centre_mm, axis=1) <= radius_mm).reshape(image.shape)
+    image.array[inside] = HOT
+    return inside
+
+
+def dice(a, b):
+    return 2 * (a & b).sum() / (a.sum() + b.sum())
+
+
+def test_crop_round_trip_and_paste_are_exact_for_linear_data():
+    """Sampling into the crop and pasting back are one affine map and its inverse: linear data survive exactly."""
+    image = oblique_image()
+    crop = CropGeometry.centred((30, 20, 25), image.spacing, 4.0, 32)
+    points = np.array([[0.0, 0, 0], [12.3, 40.1, 7.7], [59, 49, 39]])
+    assert np.allclose(crop.to_image(crop.to_crop(points)), points)
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
+    linear = (ijk @ np.array([0.5, -0.25, 1.5]) + 3).astype(np.float32)
+    sampled = crop.sample(linear, cval=np.nan)
+    cij = np.stack(np.meshgrid(*[np.arange(32)] * 3, indexing="ij"), -1)
+    expected = crop.to_image(cij) @ np.array([0.5, -0.25, 1.5]) + 3
+    inside = ~np.isnan(sampled)
+    assert inside.sum() > 1000 and np.allclose(sampled[inside], expected[inside], atol=1e-3)
+    region, pasted = crop.paste(expected.astype(np.float32), image.shape)
+    interior = crop.to_crop(ijk[region])
+    interior = np.all((interior >= 0) & (interior <= 31), axis=-1)
+    assert np.allclose(pasted[interior], linear[region][interior], atol=1e-3)
+
+
+def test_click_in_mm_on_an_oblique_anisotropic_image_segments_the_right_place():
+    image = oblique_image()
+    centre_mm = image.voxel_to_world([[31.0, 22.0, 17.0]])[0]
+    truth = add_sphere(image, centre_mm, 22.0)
+    session = Session(HotVoxelModel())
+    session.set_image(image)
+    result = session.add_point(centre_mm, coords="mm")
+    assert np.allclose(result.crop.centre, [31, 22, 17], atol=1e-6)  # the crop is centred on the click
+    assert dice(session.mask, truth) > 0.9
+    centroid = image.voxel_to_world(np.argwhere(session.mask).mean(0))[0]
+    assert np.linalg.norm(centroid - centre_mm) < 2.0  # mm; voxels are 2-5 mm
+
+
+def test_several_clicks_in_one_crop_run_the_encoder_once():
+    image = oblique_image()
+    add_sphere(image, image.voxel_to_world([[30.0, 25.0, 20.0]])[0], 15.0)
+    model = HotVoxelModel()
+    session = Session(model)
+    session.set_image(image)
+    for offset, positive in [((0, 0, 0), True), ((1, 0, 0), True), ((0, -1, 1), False), ((-1, 1, 0), True)]:
+        session.add_point(np.add((30, 25, 20), offset), positive=positive)
+    assert model.embed_calls == session.encoder_calls == 1  # the first click embeds; the others reuse it
+    session.add_point((8, 5, 30))  # a positive click outside that crop: the window moves, one more embedding
+    assert model.embed_calls == 2
+
+
+def test_undo_restores_the_previous_mask_bit_for_bit():
+    torch.manual_seed(0)
+    image = oblique_image()
+    add_sphere(image, image.voxel_to_world([[30.0, 25.0, 20.0]])[0], 15.0)
+    session = Session(build_model("test").eval())
+    session.set_image(image)
+    session.add_point((30, 25, 20))
+    first, score = session.target_buffer.copy(), session.score
+    session.add_point((34, 25, 20), positive=False)
+    session.add_box((20, 15, 14), (40, 35, 26))
+    assert session.undo() and session.undo()
+    assert np.array_equal(session.target_buffer, first) and session.score == score
+    assert session.undo() and not session.target_buffer.any()
+    assert not session.undo()
+
+
+def test_auto_zoom_grows_the_window_for_an_object_larger_than_one_crop():
+    image = PetImage(np.full((120, 120, 90), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    truth = add_sphere(image, image.voxel_to_world([[60.0, 60.0, 45.0]])[0], 110.0)  # 22 cm across, crop 12.8 cm
+    session = Session(HotVoxelModel(), max_zoom=4.0)
+    session.set_image(image)
+    result = session.add_point((60, 60, 45))
+    zoom = result.crop.step[0] * 4.0 / PRESETS["test"].spacing_mm
+    assert zoom > 1.5
+    assert dice(session.mask, truth) > 0.9
+    no_zoom = Session(HotVoxelModel(), max_zoom=1.0)
+    no_zoom.set_image(image)
+    no_zoom.add_point((60, 60, 45))
+    assert no_zoom.mask.sum() <= 32**3 < 0.5 * truth.sum()  # one crop alone cannot hold it
+
+
+def test_targets_keep_their_own_labels():
+    image = PetImage(np.full((80, 80, 60), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    a = add_sphere(image, image.voxel_to_world([[20.0, 20.0, 30.0]])[0], 20.0)
+    b = add_sphere(image, image.voxel_to_world([[60.0, 60.0, 30.0]])[0], 20.0)
+    session = Session(HotVoxelModel())
+    session.set_image(image)
+    first = segment_with_model(session, Prompts(positive=[(20, 20, 30)]))
+    second = segment_with_model(session, Prompts(positive=[(60, 60, 30)]))
+    assert session.label == 2
+    assert dice(first, a) > 0.9 and dice(second, b) > 0.9
+    assert set(np.unique(session.target_buffer)) == {0, 1, 2}
+    session.undo()
+    assert (session.target_buffer == 1).sum() == first.sum() and not (session.target_buffer == 2).any()
+    session.reset()
+    assert not session.target_buffer.any() and session.label == 1
+
+
+def test_bad_prompts_give_clear_errors():
+    session = Session(HotVoxelModel())
+    with pytest.raises(SegAnyPetError, match="set_image"):
+        session.add_point((1, 2, 3))
+    session.set_image(PetImage(np.zeros((10, 10, 10), np.float32), np.eye(4), "RAS"))
+    with pytest.raises(SegAnyPetError, match="outside the volume"):
+        session.add_point((5, 5, 12))
+    assert not session._current.points  # a refused prompt leaves no trace
+    with pytest.raises(SegAnyPetError, match="target buffer shape"):
+        session.set_image(PetImage(np.zeros((10, 10, 10), np.float32), np.eye(4), "RAS"), np.zeros((3, 3, 3), np.uint16))
