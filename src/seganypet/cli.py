@@ -264,15 +264,46 @@ def demo(
     run_demo(output, seed=seed)
 
 
-def main() -> None:
+def main(verb: list[str] | None = None) -> None:
+    """Entry point; ``verb`` is put before the command-line arguments (``python -m seganypet.train``)."""
     try:
-        app()
+        app(args=[*(verb or []), *sys.argv[1:]])
     except SegAnyPetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise SystemExit(130) from None
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Option("-d", "--dataset", help="nnU-Net v2 dataset folder (imagesTr, labelsTr, dataset.json).")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Run folder: checkpoints, log, cache.")],
+    size: Annotated[str, typer.Option("--size", "-s", help="Model size: test, small or base.")] = "small",
+    steps: Annotated[int, typer.Option("--steps", help="Optimiser steps.")] = 20000,
+    batch: Annotated[int, typer.Option("--batch", "-b", help="Crops per step and process.")] = 2,
+    lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = 4e-4,
+    cpcl: Annotated[bool, typer.Option("--cpcl/--no-cpcl", help="Cross-prompting confident learning on noisy cases.")] = True,
+    cpcl_k: Annotated[int, typer.Option("--cpcl-k", help="Prompt sets per noisy sample.")] = 5,
+    rounds: Annotated[int, typer.Option("--rounds", help="Click rounds per sample.")] = 4,
+    exclude: Annotated[list[str], typer.Option("--exclude", help="Label name or lesion site to leave out (repeatable).")] = [],  # noqa: B006
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    save_every: Annotated[int, typer.Option("--save-every", help="Steps between checkpoints.")] = 250,
+    bf16: Annotated[str, typer.Option("--bf16", help="auto, on or off.")] = "auto",
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+) -> None:
+    """Train the promptable model with simulated clicks (and CPCL); run under torchrun for several processes."""
+    from seganypet.train import LoopConfig, TrainConfig
+    from seganypet.train import train as run
+
+    if bf16 not in ("auto", "on", "off"):
+        raise SegAnyPetError(f"--bf16 must be auto, on or off, not {bf16!r}")
+    config = TrainConfig(str(dataset), str(output), size=size, steps=steps, batch=batch, lr=lr, exclude=tuple(exclude),
+                         seed=seed, save_every=save_every, bf16=bf16, loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
+    result = run(config, resume=resume)
+    if result.step >= steps:
+        log.info("wrote %s", result.checkpoint)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from typing import TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -23,3 +24,25 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     )
     with Progress(*columns, transient=True, disable=quiet) as progress:
         yield from progress.track(items, total=total, description=description)
+
+
+class _TrainingBar:
+    def __init__(self, progress: Progress | None, task) -> None:
+        self.progress, self.task = progress, task
+
+    def update(self, step: int, loss: float, samples_per_s: float) -> None:
+        if self.progress is not None:
+            self.progress.update(self.task, completed=step, loss=loss, rate=samples_per_s)
+
+
+@contextmanager
+def training_bar(total: int, start: int = 0, enabled: bool = True) -> Iterator[_TrainingBar]:
+    """A bar with the loss and samples/s; silent on other ranks and below INFO logging."""
+    quiet = not enabled or not logging.getLogger("seganypet").isEnabledFor(logging.INFO)
+    if quiet:
+        yield _TrainingBar(None, None)
+        return
+    columns = (TextColumn("training"), BarColumn(), MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.3f}"),
+               TextColumn("{task.fields[rate]:.1f} samples/s"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns) as progress:
+        yield _TrainingBar(progress, progress.add_task("training", total=total, completed=start, loss=float("nan"), rate=0.0))

@@ -46,8 +46,16 @@ class CropGeometry:
         return CropGeometry(tuple(origin.tolist()), tuple(step.tolist()), self.size // factor)  # type: ignore[arg-type]
 
     def sample(self, volume: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
-        """(size,)*3 float32 values of ``volume`` at the crop's voxels; ``cval`` outside the image."""
-        return ndimage.affine_transform(volume, np.asarray(self.step), offset=np.asarray(self.origin),
+        """(size,)*3 float32 values of ``volume`` at the crop's voxels; ``cval`` outside the image.
+
+        Only the sub-volume under the crop is read (so a memory-mapped volume stays on disk)."""
+        corners = self.to_image(np.array([[0.0] * 3, [self.size - 1.0] * 3]))
+        lo = np.clip(np.floor(corners.min(0)) - 1, 0, np.asarray(volume.shape)).astype(int)
+        hi = np.clip(np.ceil(corners.max(0)) + 2, 0, np.asarray(volume.shape)).astype(int)
+        if np.any(hi <= lo):
+            return np.full((self.size,) * 3, cval, np.float32)
+        part = np.asarray(volume[tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=np.float32)
+        return ndimage.affine_transform(part, np.asarray(self.step), offset=np.asarray(self.origin) - lo,
                                         output_shape=(self.size,) * 3, order=order, mode="constant", cval=cval,
                                         output=np.float32, prefilter=False)
 

@@ -1,0 +1,251 @@
+"""Training data from any nnU-Net v2 dataset folder: (case, target) pairs cropped as inference crops them.
+
+``DATASET/imagesTr/{case}_0000{ending}`` (PET in SUV), ``labelsTr/{case}{ending}``, ``dataset.json``;
+optional ``instancesTr/{case}{ending}`` (one id per lesion, else lesions are the connected components
+of the ``lesion`` label) and ``metadata/{case}.json`` (lesion sites, for leave-one-site-out runs).
+Label quality: ``dataset.json["seganypet"]["label_quality"]`` ({case: "clean"|"noisy"}) or a file
+``high_quality.txt`` listing the clean cases; without either every case counts as clean.
+
+Each case is read once into an uncompressed cache (``.npy``, memory-mapped) so that a training
+step reads only the voxels under its crop.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from seganypet.errors import SegAnyPetError
+from seganypet.infer.crop import CropGeometry
+from seganypet.io import read_pet
+from seganypet.io.write import write_atomic
+from seganypet.modeling import ModelConfig
+from seganypet.progress import track
+
+log = logging.getLogger(__name__)
+LESION_NAMES = ("lesion", "lesions", "tumor", "tumour")
+MIN_TARGET_VOXELS = 3
+
+
+@dataclass(frozen=True)
+class TargetRef:
+    case: str
+    kind: str  # "class" (every voxel of a label value) or "instance" (one lesion)
+    value: int  # label value or instance id
+    name: str
+    bbox: tuple[tuple[int, int, int], tuple[int, int, int]]  # inclusive voxel corners
+    voxels: int
+    site: str | None = None
+
+
+@dataclass
+class CaseArrays:
+    suv: np.ndarray  # float16, memory-mapped
+    labels: np.ndarray  # uint8/uint16
+    instances: np.ndarray | None
+    spacing: np.ndarray
+    noisy: bool
+
+
+def read_dataset_json(folder: Path) -> dict:
+    path = folder / "dataset.json"
+    if not path.is_file():
+        raise SegAnyPetError("not an nnU-Net dataset folder: dataset.json is missing", folder)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise SegAnyPetError(f"dataset.json is not valid JSON ({err.msg}, line {err.lineno})", path) from None
+
+
+def label_names(meta: dict) -> dict[int, str]:
+    return {int(v): k for k, v in meta.get("labels", {}).items() if int(v) != 0}
+
+
+def label_quality(folder: Path, meta: dict, cases: list[str]) -> dict[str, bool]:
+    """{case: noisy?}."""
+    quality = meta.get("seganypet", {}).get("label_quality")
+    if quality:
+        return {c: quality.get(c, "clean") != "clean" for c in cases}
+    listed = folder / "high_quality.txt"
+    if listed.is_file():
+        clean = {line.strip() for line in listed.read_text().splitlines() if line.strip()}
+        return {c: c not in clean for c in cases}
+    return dict.fromkeys(cases, False)
+
+
+def list_cases(folder: Path, split: str = "Tr") -> list[str]:
+    meta = read_dataset_json(folder)
+    ending = meta.get("file_ending", ".nii.gz")
+    images = sorted((folder / f"images{split}").glob(f"*_0000{ending}"))
+    cases = [p.name[: -len(f"_0000{ending}")] for p in images]
+    if not cases:
+        raise SegAnyPetError(f"no images{split}/*_0000{ending} files", folder)
+    return cases
+
+
+def case_targets(case: str, labels: np.ndarray, instances: np.ndarray | None, names: dict[int, str], sites: dict[int, str]) -> list[TargetRef]:
+    lesion_values = [v for v, n in names.items() if n.lower() in LESION_NAMES]
+    targets = []
+    for value, name in names.items():
+        if value in lesion_values:
+            continue
+        mask = labels == value
+        if mask.sum() >= MIN_TARGET_VOXELS:
+            targets.append(_ref(case, "class", value, name, mask))
+    if lesion_values:
+        if instances is None:
+            instances, _ = ndimage.label(np.isin(labels, lesion_values), structure=np.ones((3, 3, 3)))
+        for index, box in enumerate(ndimage.find_objects(instances), start=1):
+            if box is None:
+                continue
+            local = instances[box] == index
+            if local.sum() >= MIN_TARGET_VOXELS:
+                lo = [s.start for s in box]
+                coords = np.argwhere(local) + lo
+                targets.append(TargetRef(case, "instance", index, "lesion",
+                                         (tuple(int(v) for v in coords.min(0)), tuple(int(v) for v in coords.max(0))),
+                                         int(local.sum()), sites.get(index)))
+    return targets
+
+
+def _ref(case: str, kind: str, value: int, name: str, mask: np.ndarray) -> TargetRef:
+    coords = np.argwhere(mask)
+    return TargetRef(case, kind, value, name, (tuple(int(v) for v in coords.min(0)), tuple(int(v) for v in coords.max(0))),
+                     int(len(coords)))
+
+
+class TrainingData:
+    """Cases of one nnU-Net dataset, cached, with their targets; samples crops the way the session does."""
+
+    def __init__(self, folder: str | Path, cache: str | Path, exclude: tuple[str, ...] = (), split: str = "Tr",
+                 labels_folder: str | None = None) -> None:
+        self.folder, self.cache = Path(folder), Path(cache)
+        self.meta = read_dataset_json(self.folder)
+        self.names = label_names(self.meta)
+        self.cases = list_cases(self.folder, split)
+        self.noisy = label_quality(self.folder, self.meta, self.cases)
+        ending = self.meta.get("file_ending", ".nii.gz")
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.targets: list[TargetRef] = []
+        labels_dir = labels_folder or f"labels{split}"
+        for case in track(self.cases, "caching cases"):
+            self.targets += self._cache_case(case, ending, labels_dir, split)
+        excluded = {e.lower() for e in exclude}
+        self.targets = [t for t in self.targets if t.name.lower() not in excluded and (t.site or "").lower() not in excluded]
+        if not self.targets:
+            raise SegAnyPetError("no targets to train on (all excluded, or labels empty)", self.folder)
+        self._arrays: dict[str, CaseArrays] = {}
+        by_case: dict[str, list[TargetRef]] = {}
+        for t in self.targets:
+            by_case.setdefault(t.case, []).append(t)
+        self.by_case = by_case
+        log.info("%d cases, %d targets (%d lesions), %d noisy", len(self.cases), len(self.targets),
+                 sum(t.kind == "instance" for t in self.targets), sum(self.noisy.values()))
+
+    def _cache_case(self, case: str, ending: str, labels_dir: str, split: str) -> list[TargetRef]:
+        index = self.cache / f"{case}.{labels_dir}.targets.json"
+        if index.is_file():
+            return [TargetRef(**{**t, "bbox": tuple(map(tuple, t["bbox"]))}) for t in json.loads(index.read_text())]
+        image = read_pet(self.folder / f"images{split}" / f"{case}_0000{ending}")
+        label_path = self.folder / labels_dir / f"{case}{ending}"
+        if not label_path.is_file():
+            raise SegAnyPetError(f"no label file for case {case}", label_path)
+        labels = np.rint(read_pet(label_path).array).astype(np.uint16)
+        if labels.shape != image.shape:
+            raise SegAnyPetError(f"label shape {labels.shape} differs from the image's {image.shape}", label_path)
+        inst_path = self.folder / f"instances{split}" / f"{case}{ending}"
+        instances = np.rint(read_pet(inst_path).array).astype(np.uint16) if inst_path.is_file() else None
+        meta_path = self.folder / "metadata" / f"{case}.json"
+        sites = {}
+        if meta_path.is_file():
+            sites = {int(les["id"]): les.get("site") for les in json.loads(meta_path.read_text()).get("lesions", [])}
+        for suffix, array in (("suv", image.array.astype(np.float16)), ("seg", labels.astype(np.uint8 if labels.max() < 256 else np.uint16)),
+                              ("spacing", image.spacing)):
+            _save_npy(self.cache / f"{case}.{suffix}.npy", array)
+        if instances is not None:
+            _save_npy(self.cache / f"{case}.inst.npy", instances)
+        # instances belong to the clean truth; with noisy labels, lesions are the label's own components
+        use_instances = instances if labels_dir == f"labels{split}" and not self.noisy.get(case) else None
+        targets = case_targets(case, labels, use_instances, self.names, sites if use_instances is not None else {})
+        payload = json.dumps([t.__dict__ for t in targets])
+        write_atomic(index, lambda tmp: tmp.write_text(payload))
+        return targets
+
+    def arrays(self, case: str) -> CaseArrays:
+        if case not in self._arrays:
+            inst = self.cache / f"{case}.inst.npy"
+            self._arrays[case] = CaseArrays(
+                np.load(self.cache / f"{case}.suv.npy", mmap_mode="r"), np.load(self.cache / f"{case}.seg.npy", mmap_mode="r"),
+                np.load(inst, mmap_mode="r") if inst.is_file() else None, np.load(self.cache / f"{case}.spacing.npy"),
+                self.noisy[case])
+        return self._arrays[case]
+
+    def target_mask(self, target: TargetRef, crop: CropGeometry) -> np.ndarray:
+        arrays = self.arrays(target.case)
+        if target.kind == "instance" and arrays.instances is not None and not arrays.noisy:
+            values = crop.sample(arrays.instances, order=0, cval=0)
+        else:
+            values = crop.sample(arrays.labels, order=0, cval=0)
+            if target.kind == "instance":  # a lesion component of the (possibly noisy) label
+                lesion = np.isin(values, [v for v, n in self.names.items() if n.lower() in LESION_NAMES])
+                return _component_near(lesion, crop.to_crop(np.mean(target.bbox, 0)))
+        return values == target.value
+
+
+def _component_near(mask: np.ndarray, point) -> np.ndarray:
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3)))
+    if n <= 1:
+        return mask
+    coords = np.argwhere(labels > 0)
+    nearest = coords[np.argmin(((coords - point) ** 2).sum(1))]
+    return labels == labels[tuple(nearest)]
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npy")
+    np.save(tmp, array)
+    tmp.replace(path)
+
+
+@dataclass
+class Sample:
+    suv: np.ndarray  # (S, S, S) float32 SUV (augmented)
+    target: np.ndarray  # (S, S, S) bool
+    noisy: bool
+    name: str
+
+
+def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generator, lesion_fraction: float = 0.4,
+                max_zoom: float = 4.0) -> Sample:
+    """One (case, target) crop: centred on a random voxel of the target or on its box centre, zoomed out as the
+    session's auto-zoom would for a large target (with +-15 % jitter), flipped left-right at random, SUV scaled
+    by 0.8-1.25 (calibration and uptake-time spread)."""
+    for _ in range(20):
+        case = data.cases[rng.integers(len(data.cases))]
+        targets = data.by_case.get(case)
+        if targets:
+            break
+    lesions = [t for t in targets if t.kind == "instance"]
+    organs = [t for t in targets if t.kind != "instance"]
+    pool = lesions if lesions and (not organs or rng.random() < lesion_fraction) else organs
+    target = pool[rng.integers(len(pool))]
+    arrays = data.arrays(case)
+    lo, hi = np.asarray(target.bbox[0], float), np.asarray(target.bbox[1], float)
+    extent_mm = (hi - lo + 1) * arrays.spacing
+    zoom = np.clip(extent_mm.max() / (0.75 * config.field_of_view_mm), 1.0, max_zoom) * rng.uniform(0.87, 1.15)
+    zoom = max(zoom, 0.87)
+    centre = (lo + hi) / 2 + rng.normal(0, 0.1, 3) * (hi - lo + 1)
+    crop = CropGeometry.centred(centre, arrays.spacing, config.spacing_mm * zoom, config.crop_size)
+    mask = data.target_mask(target, crop)
+    if mask.sum() < 1:  # a thin target can vanish at a coarse zoom: centre on its box and use the nearest grid
+        crop = CropGeometry.centred((lo + hi) / 2, arrays.spacing, config.spacing_mm, config.crop_size)
+        mask = data.target_mask(target, crop)
+    suv = crop.sample(arrays.suv) * rng.uniform(0.8, 1.25)
+    if rng.random() < 0.5:
+        suv, mask = suv[::-1].copy(), mask[::-1].copy()
+    return Sample(suv, mask, arrays.noisy, target.name)

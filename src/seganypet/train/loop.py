@@ -1,0 +1,151 @@
+"""One training step of the SAM-Med3D interactive loop, as a module so that DDP can wrap it.
+
+Per batch: embed the crops once; round 0 prompts with a click inside the target (or, for some
+batches, a jittered box) and takes the best of the three masks; each next round adds a click at
+a random voxel of the current error and feeds the previous low-res logits back (sometimes
+binarised, as the session does after moving its crop). Every round's masks are scored with
+Dice + BCE and the IoU head against the masks' true IoU, at the decoder's low-res grid against the
+area-averaged (soft) target: the inference upsampling is a fixed trilinear map, scoring before it
+skips the backward pass through 8x more voxels, and the soft target keeps the partial volumes. Noisy samples take
+the CPCL mix of the given and the rectified label.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seganypet.clicks import first_click, jittered_box, next_click
+from seganypet.modeling import ImageEmbedding, SegAnyPet
+from seganypet.train.cpcl import mixed_loss, rectify
+
+MASK_PROMPT_LOGIT = 4.0
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    rounds: int = 4
+    box_probability: float = 0.25
+    binarised_mask_probability: float = 0.2
+    cpcl: bool = True
+    cpcl_k: int = 5
+    cpcl_prompt_rounds: int = 2
+    cpcl_confidence: float = 0.8
+
+
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Soft Dice + BCE per sample: logits and target (B, M, S, S, S) -> (B, M)."""
+    prob = torch.sigmoid(logits)
+    inter = (prob * target).flatten(2).sum(-1)
+    dice = 1 - (2 * inter + 1) / (prob.flatten(2).sum(-1) + target.flatten(2).sum(-1) + 1)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(-1)
+    return dice + bce
+
+
+def true_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    pred = logits > 0
+    tgt = target > 0.5
+    inter = (pred & tgt).flatten(2).sum(-1).float()
+    union = (pred | tgt).flatten(2).sum(-1).float()
+    return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
+
+
+class InteractiveLoss(nn.Module):
+    def __init__(self, model: SegAnyPet, config: LoopConfig) -> None:
+        super().__init__()
+        self.model = model
+        self.config = config
+
+    def _prompts(self, points: list[list[tuple]], device) -> tuple[torch.Tensor, torch.Tensor]:
+        n = max(len(p) for p in points)
+        coords = torch.zeros(len(points), n, 3)
+        labels = torch.full((len(points), n), -1, dtype=torch.long)
+        for b, clicks in enumerate(points):
+            for i, (voxel, positive) in enumerate(clicks):
+                coords[b, i] = torch.tensor(voxel, dtype=torch.float32)
+                labels[b, i] = int(positive)
+        return coords.to(device), labels.to(device)
+
+    @torch.no_grad()
+    def cross_prompt(self, embedding: ImageEmbedding, label_np: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
+        """K probability maps (K, B, 1, S, S, S), each from its own simulated prompt set on the given label."""
+        model, out = self.model, []
+        for _ in range(self.config.cpcl_k):
+            points = [[first_click(t, rng)] for t in label_np]
+            mask_input, prob = None, None
+            for r in range(self.config.cpcl_prompt_rounds):
+                if r:
+                    pred = (prob[:, 0] > 0.5).cpu().numpy()
+                    for b, t in enumerate(label_np):
+                        click = next_click(pred[b], t, rng)
+                        if click:
+                            points[b].append(click)
+                coords, labels = self._prompts(points, embedding.features.device)
+                low, _ = model.decode(embedding, coords, labels, mask_input=mask_input)
+                mask_input, prob = low, torch.sigmoid(model.upsample(low).float())
+            out.append(prob)
+        return torch.stack(out)
+
+    def forward(self, crops: torch.Tensor, targets: torch.Tensor, noisy: torch.Tensor, seed: int, cpcl_weight: float):
+        """crops, targets: (B, 1, S, S, S); noisy: (B,) bool. Returns (loss, statistics)."""
+        cfg, model = self.config, self.model
+        rng = np.random.default_rng(seed)
+        target_np = targets[:, 0].cpu().numpy() > 0.5
+        soft = F.adaptive_avg_pool3d(targets, model.mask_size)
+        embedding = model.embed(crops)
+        stats: dict[str, float] = {}
+
+        rectified = None
+        if cfg.cpcl and cpcl_weight > 0 and bool(noisy.any()):
+            idx = torch.nonzero(noisy).flatten()
+            sub = ImageEmbedding(embedding.features[idx].detach(), embedding.detail[idx].detach())
+            rect = rectify(self.cross_prompt(sub, target_np[idx.cpu().numpy()], rng), targets[idx], cfg.cpcl_confidence)
+            rectified = targets.clone()
+            rectified[idx] = rect.rectified
+            rectified = F.adaptive_avg_pool3d(rectified, model.mask_size)
+            stats["cpcl_changed"] = float((rect.rectified != targets[idx]).float().mean())
+
+        use_box = rng.random() < cfg.box_probability
+        boxes = None
+        points: list[list[tuple]] = [[] for _ in target_np]
+        if use_box:
+            boxes = torch.tensor(np.array([jittered_box(t, rng) for t in target_np]), dtype=torch.float32, device=crops.device)
+        else:
+            points = [[first_click(t, rng)] for t in target_np]
+        mask_input, total = None, 0.0
+        for r in range(cfg.rounds):
+            if r:
+                pred = (model.upsample(mask_input).detach()[:, 0] > 0).cpu().numpy()
+                for b, t in enumerate(target_np):
+                    click = next_click(pred[b], t, rng)
+                    if click:
+                        points[b].append(click)
+                if rng.random() < cfg.binarised_mask_probability:
+                    mask_input = torch.where(mask_input > 0, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT)
+            kwargs = {"boxes": boxes} if boxes is not None else {}
+            if any(points):
+                kwargs["points"], kwargs["labels"] = self._prompts([p or [((0, 0, 0), -1)] for p in points], crops.device)
+            multimask = r == 0 and not use_box
+            low, iou = model.decode(embedding, mask_input=mask_input, multimask=multimask, **kwargs)
+            logits = low.float()
+            per_mask = segmentation_loss(logits, soft.expand_as(logits))
+            if rectified is not None:
+                rect_loss = segmentation_loss(logits, rectified.expand_as(logits))
+                per_mask = torch.where(noisy.view(-1, 1), mixed_loss(per_mask, rect_loss, cpcl_weight), per_mask)
+            best = per_mask.argmin(1)  # SAM: only the best of the multimask outputs is trained on the mask loss
+            chosen = per_mask.gather(1, best[:, None])[:, 0]
+            iou_loss = F.mse_loss(iou.float(), true_iou(logits.detach(), soft.expand_as(logits)))
+            total = total + chosen.mean() + iou_loss
+            mask_input = low.gather(1, best.view(-1, 1, 1, 1, 1).expand(-1, 1, *low.shape[2:])).detach().float()
+            if r == cfg.rounds - 1:
+                final = model.upsample(low.detach().float().gather(1, best.view(-1, 1, 1, 1, 1).expand(-1, 1, *low.shape[2:])))
+                inter = ((final > 0) & (targets > 0.5)).flatten(1).sum(1).float()
+                dice = 2 * inter / ((final > 0).flatten(1).sum(1) + (targets > 0.5).flatten(1).sum(1)).clamp(min=1)
+                stats["dice_last"] = float(dice.mean())
+        loss = total / cfg.rounds
+        stats["loss"] = float(loss.detach())
+        return loss, stats

@@ -1,0 +1,179 @@
+"""The training run: data, model, optimiser, DDP, checkpoints and resume.
+
+Single process: ``seganypet train -d DATASET -o OUT``. Several processes or machines:
+``torchrun --nproc_per_node=N [--nnodes=M ...] -m seganypet.train -d DATASET -o OUT`` (gloo on CPU,
+nccl on GPU). Every random choice of step ``s`` on rank ``r`` comes from a generator seeded with
+``(seed, r, s)``, so a resumed run continues exactly as the uninterrupted one would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+
+from seganypet.errors import SegAnyPetError
+from seganypet.io.write import atomic_path
+from seganypet.modeling import PRESETS, bf16_is_fast, build_model, read_checkpoint, save_checkpoint
+from seganypet.train.cpcl import ramp_up
+from seganypet.train.data import TrainingData, sample_crop
+from seganypet.train.loop import InteractiveLoss, LoopConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    dataset: str
+    out: str
+    size: str = "small"
+    steps: int = 20000
+    batch: int = 2  # per process
+    lr: float = 4e-4
+    weight_decay: float = 0.05
+    warmup: int = 300
+    seed: int = 0
+    save_every: int = 250
+    exclude: tuple[str, ...] = ()  # label names or lesion sites left out (unseen-target experiments)
+    lesion_fraction: float = 0.4
+    bf16: str = "auto"  # autocast the step in bf16: auto (where bf16 units exist), on, off
+    cpcl_rampup: int = 2000
+    cpcl_weight: float = 1.0
+    loop: LoopConfig = field(default_factory=LoopConfig)
+
+
+def _distributed() -> tuple[int, int]:
+    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
+        return 0, 1
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return dist.get_rank(), dist.get_world_size()
+
+
+def _batch(data: TrainingData, config, cfg: TrainConfig, rng: np.random.Generator, device):
+    samples = [sample_crop(data, config, rng, cfg.lesion_fraction) for _ in range(cfg.batch)]
+    from seganypet.modeling import normalise_suv
+
+    crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None].to(device)
+    targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None].to(device)
+    noisy = torch.tensor([s.noisy for s in samples], device=device)
+    return crops, targets, noisy
+
+
+def _schedule(cfg: TrainConfig):
+    def factor(step: int) -> float:
+        if step < cfg.warmup:
+            return (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * 0.97 + 0.03
+    return factor
+
+
+@dataclass
+class TrainResult:
+    checkpoint: Path  # OUT/model.pt, the weights to ship (written once the last step is done)
+    model: torch.nn.Module  # this process's model
+    step: int
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Train; ``OUT/last.pt`` holds the full state every ``save_every`` steps and when stopped (Ctrl-C,
+    SIGTERM), ``OUT/model.pt`` the final weights. ``stop_after``: leave after that many steps of this call."""
+    rank, world = _distributed()
+    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if cfg.size not in PRESETS:
+        raise SegAnyPetError(f"unknown model size {cfg.size!r}; choose one of {', '.join(PRESETS)}")
+    data = TrainingData(cfg.dataset, out / "cache", cfg.exclude) if rank == 0 else None
+    if world > 1:
+        dist.barrier()  # rank 0 fills the cache first
+        data = data or TrainingData(cfg.dataset, out / "cache", cfg.exclude)
+
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg.size).to(device)
+    step_module = InteractiveLoss(model, cfg.loop).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
+    step = 0
+    last = out / "last.pt"
+    if resume and last.is_file():
+        state = read_checkpoint(last)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        step = int(state["step"])
+        torch.set_rng_state(state["torch_rng"])
+        log.info("resumed %s at step %d", last, step)
+    wrapped = DistributedDataParallel(step_module, find_unused_parameters=True) if world > 1 else step_module
+    autocast = cfg.bf16 == "on" or (cfg.bf16 == "auto" and bf16_is_fast(device))
+
+    stop = {"now": False}
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.update(now=True)) if rank == 0 else None
+
+    def checkpoint(path: Path) -> None:
+        if rank == 0:
+            save_checkpoint(model, path, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                                          "step": step, "torch_rng": torch.get_rng_state(),
+                                          "train_config": json.dumps(dataclasses.asdict(cfg))})
+
+    from seganypet.progress import training_bar
+
+    started, first_step, samples = time.perf_counter(), step, 0
+    with training_bar(cfg.steps, step, enabled=rank == 0) as bar:
+        try:
+            while step < cfg.steps and not stop["now"]:
+                rng = np.random.default_rng([cfg.seed, rank, step])
+                crops, targets, noisy = _batch(data, model.config, cfg, rng, device)
+                weight = cfg.cpcl_weight * ramp_up(step, cfg.cpcl_rampup)
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss, stats = wrapped(crops, targets, noisy, int(rng.integers(2**31)), weight)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                samples += cfg.batch * world
+                rate = samples / (time.perf_counter() - started)
+                bar.update(step, stats["loss"], rate)
+                if rank == 0 and (step % 25 == 0 or step == cfg.steps):
+                    with open(out / "log.jsonl", "a") as f:
+                        f.write(json.dumps({"step": step, **stats, "lr": scheduler.get_last_lr()[0], "samples_per_s": rate,
+                                            "cpcl_weight": weight}) + "\n")
+                if step % cfg.save_every == 0:
+                    checkpoint(last)
+                if stop_after is not None and step - first_step >= stop_after:
+                    break
+        except KeyboardInterrupt:
+            stop["now"] = True
+    checkpoint(last)
+    if rank == 0 and previous is not None:
+        signal.signal(signal.SIGTERM, previous)
+    final = out / "model.pt"
+    if rank == 0 and step >= cfg.steps:
+        export_weights(model, final, {"steps": step, "train_config": json.dumps(dataclasses.asdict(cfg))})
+    if world > 1:
+        dist.barrier()
+    if stop["now"]:
+        log.info("stopped at step %d; continue with --resume", step)
+    return TrainResult(final, model, step)
+
+
+def export_weights(model, path: Path, extra: dict) -> None:
+    """Weights only, in half precision (the shipped file is half the size; loading casts back to fp32)."""
+    payload = {"format": 1, "config": dataclasses.asdict(model.config),
+               "model": {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, **extra}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)

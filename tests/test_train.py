@@ -1,0 +1,169 @@
+"""Training: a step learns, a tiny model overfits, CPCL on a constructed case, resume, two processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from seganypet.clicks import centre_of, next_click
+from seganypet.infer import Session
+from seganypet.io import read_pet
+from seganypet.modeling import build_model, load_model, normalise_suv, read_checkpoint
+from seganypet.train import InteractiveLoss, LoopConfig, TrainConfig, mixed_loss, ramp_up, rectify, train
+
+
+def write_tiny_dataset(folder: Path, cases: int = 2, noisy: tuple[str, ...] = ()) -> Path:
+    """nnU-Net v2 layout: each case a warm 'organ' block and a hot 'lesion' sphere at 4 mm."""
+    rng = np.random.default_rng(0)
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    ijk = np.stack(np.meshgrid(*[np.arange(40)] * 3, indexing="ij"), -1)
+    for n in range(cases):
+        suv = 0.8 + 0.1 * rng.standard_normal((40, 40, 40))
+        labels = np.zeros((40, 40, 40), np.uint8)
+        lo = 6 + n
+        labels[lo : lo + 14, 8:22, 10:26] = 1
+        centre = np.array([29, 28 - n, 20])
+        labels[np.linalg.norm(ijk - centre, axis=-1) <= 7] = 2
+        suv[labels == 1] += 2.5
+        suv[labels == 2] += 7.0
+        affine = np.diag([4.0, 4.0, 4.0, 1.0])
+        nib.save(nib.Nifti1Image(suv.astype(np.float32), affine), folder / "imagesTr" / f"case{n}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(labels, affine), folder / "labelsTr" / f"case{n}.nii.gz")
+    quality = {f"case{n}": ("noisy" if f"case{n}" in noisy else "clean") for n in range(cases)}
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "PET"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "numTraining": cases, "file_ending": ".nii.gz", "seganypet": {"label_quality": quality}}))
+    return folder
+
+
+def fixed_batch(model):
+    s = model.crop_size
+    ijk = np.stack(np.meshgrid(*[np.arange(s)] * 3, indexing="ij"), -1)
+    target = np.linalg.norm(ijk - [15, 17, 14], axis=-1) <= 6
+    suv = 1 + 6 * target
+    crops = torch.from_numpy(normalise_suv(suv.astype(np.float32)))[None, None].repeat(2, 1, 1, 1, 1)
+    targets = torch.from_numpy(target.astype(np.float32))[None, None].repeat(2, 1, 1, 1, 1)
+    return crops, targets, torch.tensor([False, True])
+
+
+def test_training_steps_change_the_weights_and_lower_the_loss():
+    torch.manual_seed(0)
+    model = build_model("test")
+    step = InteractiveLoss(model, LoopConfig(rounds=2, box_probability=0.0, cpcl_k=2))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    batch = fixed_batch(model)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    first, _ = step(*batch, seed=1, cpcl_weight=1.0)
+    for _ in range(8):
+        loss, _ = step(*batch, seed=1, cpcl_weight=1.0)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    last, _ = step(*batch, seed=1, cpcl_weight=1.0)
+    changed = [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])]
+    assert "image_encoder.patch_embed.weight" in changed and "mask_decoder.iou_head.layers.0.weight" in changed
+    assert last.item() < first.item() - 0.05
+
+
+def test_cpcl_on_a_constructed_case():
+    """K predictions agree everywhere except region A (they split 3:2 there); the given label has a wrong patch W
+    that all K predictions confidently contradict."""
+    shape = (1, 1, 8, 8, 8)
+    truth = torch.zeros(shape)
+    truth[..., 2:6, 2:6, 2:6] = 1
+    probs = truth.expand(5, *shape).clone() * 0.95 + 0.02
+    region_a = (slice(None), slice(None), slice(None), slice(6, 8), slice(0, 2), slice(0, 8))
+    probs[region_a] = torch.tensor([0.9, 0.9, 0.9, 0.1, 0.1]).view(5, 1, 1, 1, 1, 1)  # mean 0.58 -> positive
+    label = truth.clone()
+    label[..., 2:4, 2:4, 2:4] = 0  # W: a wrong hole in the label
+    result = rectify(probs, label)
+    expected_a = torch.zeros(shape, dtype=torch.bool)
+    expected_a[..., 6:8, 0:2, 0:8] = True
+    assert torch.equal(result.uncertain, expected_a)
+    expected_w = torch.zeros(shape, dtype=torch.bool)
+    expected_w[..., 2:4, 2:4, 2:4] = True
+    assert torch.equal(result.contradicted, expected_w)
+    assert torch.all(result.rectified[expected_a] == 1)  # the ensemble's decision in the uncertain region
+    assert torch.all(result.rectified[expected_w] == 1)  # the wrong patch is corrected
+    elsewhere = ~(expected_a | expected_w)
+    assert torch.equal(result.rectified[elsewhere], label[elsewhere])  # the given label everywhere else
+    assert mixed_loss(torch.tensor(3.0), torch.tensor(0.0), 1.0) == pytest.approx(2.0)  # (2 L + L') / 3
+    assert ramp_up(0, 100) < 0.01 and ramp_up(100, 100) == 1.0
+
+
+@pytest.mark.slow
+def test_a_tiny_model_overfits_a_tiny_dataset(tmp_path):
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
+    cfg = TrainConfig(str(data), str(tmp_path / "run"), size="test", steps=500, batch=2, lr=2e-3, warmup=20,
+                      save_every=1000, bf16="off", lesion_fraction=0.5, loop=LoopConfig(rounds=3, cpcl=False))
+    model = load_model(train(cfg).checkpoint, precision="fp32")
+    session = Session(model)
+    dices = []
+    for case in ("case0", "case1"):
+        image = read_pet(data / "imagesTr" / f"{case}_0000.nii.gz")
+        labels = np.rint(read_pet(data / "labelsTr" / f"{case}.nii.gz").array)
+        session.set_image(image)
+        for value in (1, 2):
+            truth = labels == value
+            session.new_target()
+            session.add_point(centre_of(truth))
+            for _ in range(2):  # two corrective clicks, as the model was trained (the first alone is not the claim)
+                click = next_click(session.mask, truth, np.random.default_rng(0), "largest_error")
+                if click:
+                    session.add_point(click[0], positive=click[1])
+            mask = session.mask
+            dices.append(2 * (mask & truth).sum() / (mask.sum() + truth.sum()))
+    assert min(dices) > 0.9, dices
+
+
+def test_kill_and_resume_continues_the_same_run(tmp_path):
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny", noisy=("case1",))
+    common = dict(size="test", steps=6, batch=2, save_every=2, bf16="off", loop=LoopConfig(rounds=2, cpcl_k=2))
+    train(TrainConfig(str(data), str(tmp_path / "straight"), **common))
+    train(TrainConfig(str(data), str(tmp_path / "resumed"), **common), stop_after=3)  # "killed" after step 3
+    assert read_checkpoint(tmp_path / "resumed" / "last.pt")["step"] == 3
+    shutil.rmtree(tmp_path / "resumed" / "cache")  # nothing but the checkpoint is needed to continue
+    train(TrainConfig(str(data), str(tmp_path / "resumed"), **common), resume=True)
+    a, b = read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(tmp_path / "resumed" / "last.pt")
+    assert a["step"] == b["step"] == 6
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
+    for sa, sb in zip(a["optimizer"]["state"].values(), b["optimizer"]["state"].values()):
+        assert torch.allclose(sa["exp_avg"], sb["exp_avg"], atol=1e-6) and sa["step"] == sb["step"]
+    assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
+
+
+def test_two_processes_with_gloo_end_with_identical_parameters(tmp_path):
+    if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
+        pytest.skip("torchrun is not installed")
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny", noisy=("case1",))
+    script = tmp_path / "ranks.py"
+    script.write_text(
+        "import os, sys, torch\n"
+        "from seganypet.train import LoopConfig, TrainConfig\n"
+        "from seganypet.train import trainer\n"
+        "cfg = TrainConfig(sys.argv[1], sys.argv[2], size='test', steps=3, batch=1, save_every=100, bf16='off',\n"
+        "                  loop=LoopConfig(rounds=2, cpcl_k=2))\n"
+        "model = trainer.train(cfg).model\n"
+        "torch.save(model.state_dict(), f\"{sys.argv[2]}/rank{os.environ['RANK']}.pt\")\n")
+    torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([torchrun, "--nproc_per_node=2", "--master_port=29533", str(script), str(data), str(tmp_path / "run")],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    r0 = torch.load(tmp_path / "run" / "rank0.pt", weights_only=True)
+    r1 = torch.load(tmp_path / "run" / "rank1.pt", weights_only=True)
+    initial = build_model("test").state_dict()
+    assert any(not torch.equal(r0[k], initial[k]) for k in r0)  # they trained
+    for key in r0:
+        assert torch.equal(r0[key], r1[key]), key
