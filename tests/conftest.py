@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
@@ -63,3 +65,28 @@ def uniform_series(tmp_path: Path):
 
 
 BASE_INFO = AcquisitionInfo(weight_kg=80.0, dose_bq=370e6, injection_time=datetime(2025, 3, 4, 9, 0, 0), uptake_s=3600.0)
+
+
+def write_tiny_dataset(folder: Path, cases: int = 2, noisy: tuple[str, ...] = ()) -> Path:
+    """nnU-Net v2 layout: each case a warm 'organ' block and a hot 'lesion' sphere at 4 mm."""
+    rng = np.random.default_rng(0)
+    for sub in ("imagesTr", "labelsTr"):
+        (folder / sub).mkdir(parents=True, exist_ok=True)
+    ijk = np.stack(np.meshgrid(*[np.arange(40)] * 3, indexing="ij"), -1)
+    for n in range(cases):
+        suv = 0.8 + 0.1 * rng.standard_normal((40, 40, 40))
+        labels = np.zeros((40, 40, 40), np.uint8)
+        lo = 6 + n
+        labels[lo : lo + 14, 8:22, 10:26] = 1
+        centre = np.array([29, 28 - n, 20])
+        labels[np.linalg.norm(ijk - centre, axis=-1) <= 7] = 2
+        suv[labels == 1] += 2.5
+        suv[labels == 2] += 7.0
+        affine = np.diag([4.0, 4.0, 4.0, 1.0])
+        nib.save(nib.Nifti1Image(suv.astype(np.float32), affine), folder / "imagesTr" / f"case{n}_0000.nii.gz")
+        nib.save(nib.Nifti1Image(labels, affine), folder / "labelsTr" / f"case{n}.nii.gz")
+    quality = {f"case{n}": ("noisy" if f"case{n}" in noisy else "clean") for n in range(cases)}
+    (folder / "dataset.json").write_text(json.dumps({
+        "channel_names": {"0": "PET"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
+        "numTraining": cases, "file_ending": ".nii.gz", "seganypet": {"label_quality": quality}}))
+    return folder

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -18,32 +16,8 @@ from seganypet.clicks import centre_of, next_click
 from seganypet.infer import Session
 from seganypet.io import read_pet
 from seganypet.modeling import build_model, load_model, normalise_suv, read_checkpoint
+from conftest import write_tiny_dataset
 from seganypet.train import InteractiveLoss, LoopConfig, TrainConfig, mixed_loss, ramp_up, rectify, train
-
-
-def write_tiny_dataset(folder: Path, cases: int = 2, noisy: tuple[str, ...] = ()) -> Path:
-    """nnU-Net v2 layout: each case a warm 'organ' block and a hot 'lesion' sphere at 4 mm."""
-    rng = np.random.default_rng(0)
-    for sub in ("imagesTr", "labelsTr"):
-        (folder / sub).mkdir(parents=True, exist_ok=True)
-    ijk = np.stack(np.meshgrid(*[np.arange(40)] * 3, indexing="ij"), -1)
-    for n in range(cases):
-        suv = 0.8 + 0.1 * rng.standard_normal((40, 40, 40))
-        labels = np.zeros((40, 40, 40), np.uint8)
-        lo = 6 + n
-        labels[lo : lo + 14, 8:22, 10:26] = 1
-        centre = np.array([29, 28 - n, 20])
-        labels[np.linalg.norm(ijk - centre, axis=-1) <= 7] = 2
-        suv[labels == 1] += 2.5
-        suv[labels == 2] += 7.0
-        affine = np.diag([4.0, 4.0, 4.0, 1.0])
-        nib.save(nib.Nifti1Image(suv.astype(np.float32), affine), folder / "imagesTr" / f"case{n}_0000.nii.gz")
-        nib.save(nib.Nifti1Image(labels, affine), folder / "labelsTr" / f"case{n}.nii.gz")
-    quality = {f"case{n}": ("noisy" if f"case{n}" in noisy else "clean") for n in range(cases)}
-    (folder / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "PET"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
-        "numTraining": cases, "file_ending": ".nii.gz", "seganypet": {"label_quality": quality}}))
-    return folder
 
 
 def fixed_batch(model):

@@ -277,6 +277,37 @@ def main(verb: list[str] | None = None) -> None:
 
 
 @app.command()
+def evaluate(
+    dataset: Annotated[Path, typer.Option("-d", "--dataset", help="nnU-Net v2 dataset folder with labels.")],
+    output: Annotated[Path, typer.Option("-o", "--output", help="Results folder (resumable).")],
+    method: Annotated[str, typer.Option("--method", "-m", help="model, suv2.5, pct41, pct50 or region-growing.")] = "model",
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Model checkpoint (default: the shipped one).")] = None,
+    clicks: Annotated[str, typer.Option("--clicks", help="Click counts to score, e.g. 1,3,5.")] = "1,3,5",
+    split: Annotated[str, typer.Option("--split", help="Tr or Ts (imagesTs/labelsTs).")] = "Ts",
+    targets: Annotated[list[str], typer.Option("--targets", help="Structure name to score (repeatable; default all).")] = [],  # noqa: B006
+    protocol: Annotated[str, typer.Option("--protocol", help="largest_error, random or box.")] = "largest_error",
+    tolerance: Annotated[float, typer.Option("--tolerance", help="NSD tolerance in mm.")] = 2.0,
+    seed: Annotated[int, typer.Option("--seed")] = 0,
+    device: Annotated[str, typer.Option("--device")] = "cpu",
+) -> None:
+    """Score a method on a labelled dataset under simulated clicks: CSV/JSON rows, a Markdown summary, plots."""
+    from seganypet.eval import EvalConfig, run_evaluation
+
+    try:
+        counts = tuple(sorted({int(c) for c in clicks.split(",")}))
+    except ValueError:
+        raise SegAnyPetError(f"--clicks must be numbers like 1,3,5, not {clicks!r}") from None
+    if not counts or counts[0] < 1:
+        raise SegAnyPetError("--clicks must be positive")
+    if protocol not in ("largest_error", "random", "box"):
+        raise SegAnyPetError(f"--protocol must be largest_error, random or box, not {protocol!r}")
+    cfg = EvalConfig(str(dataset), str(output), method, str(checkpoint) if checkpoint else None, counts, split,
+                     tuple(targets), protocol, tolerance, seed, _device(device))
+    summary = run_evaluation(cfg)
+    typer.echo(summary.read_text())
+
+
+@app.command()
 def train(
     dataset: Annotated[Path, typer.Option("-d", "--dataset", help="nnU-Net v2 dataset folder (imagesTr, labelsTr, dataset.json).")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Run folder: checkpoints, log, cache.")],

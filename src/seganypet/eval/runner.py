@@ -1,0 +1,221 @@
+"""The evaluation runner: every target of every case, the same simulated clicks for every method.
+
+Per target: a first prompt (a click by the protocol, or a jittered box), then corrective clicks
+up to the largest requested count; Dice, NSD and the SUV/volume errors are recorded at each
+requested count. Rows go to ``OUT/cases/{case}.json`` as each case finishes (a rerun skips
+finished cases), then to ``results.csv``/``results.json``, ``summary.md`` and plots.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from seganypet.clicks import first_click, jittered_box, next_click
+from seganypet.eval.metrics import dice, equivalent_diameter_mm, nsd, quantity_errors
+from seganypet.eval.segmenters import Segmenter, make_segmenter
+from seganypet.io import read_pet
+from seganypet.io.write import write_atomic
+from seganypet.progress import track
+from seganypet.train.data import case_targets, label_names, list_cases, read_dataset_json
+
+log = logging.getLogger(__name__)
+SIZE_GROUPS = (("< 10 mm", 0.0, 10.0), ("10-30 mm", 10.0, 30.0), ("> 30 mm", 30.0, float("inf")))
+
+
+@dataclass(frozen=True)
+class EvalConfig:
+    dataset: str
+    out: str
+    method: str = "model"
+    checkpoint: str | None = None
+    clicks: tuple[int, ...] = (1, 3, 5)
+    split: str = "Ts"
+    targets: tuple[str, ...] = ()  # structure names to evaluate (default: all)
+    protocol: str = "largest_error"  # or "random"; "box" starts with a jittered box
+    tolerance_mm: float = 2.0
+    seed: int = 0
+    device: str = "cpu"
+
+
+def size_group(diameter_mm: float) -> str:
+    return next(name for name, lo, hi in SIZE_GROUPS if lo <= diameter_mm < hi)
+
+
+def _truth(labels: np.ndarray, instances: np.ndarray | None, target) -> np.ndarray:
+    if target.kind == "instance" and instances is not None:
+        return instances == target.value
+    return labels == target.value
+
+
+def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalConfig, rng: np.random.Generator) -> list[dict]:
+    """Rows (one per requested click count) for one target."""
+    segmenter.new_target()
+    strategy = "random" if cfg.protocol == "random" else "largest_error"
+    if cfg.protocol == "box":
+        prediction = segmenter.add_box(*jittered_box(truth, rng, spacing=image.spacing))
+    else:
+        box = _union_box(truth, truth)
+        voxel, positive = first_click(truth[box], rng, strategy, image.spacing)
+        prediction = segmenter.add_point(np.add(voxel, [s.start for s in box]), positive)
+    rows = []
+    for n in range(1, max(cfg.clicks) + 1):
+        if n > 1:
+            box = _union_box(prediction, truth)
+            click = next_click(prediction[box], truth[box], rng, strategy, image.spacing)
+            if click is not None:
+                prediction = segmenter.add_point(np.add(click[0], [s.start for s in box]), click[1])
+        if n in cfg.clicks:
+            rows.append({"clicks": n, "dice": dice(prediction, truth),
+                         "nsd": nsd(prediction, truth, image.spacing, cfg.tolerance_mm),
+                         **{f"err_{k}": v for k, v in quantity_errors(image, prediction, truth).items()}})
+    return rows
+
+
+def _union_box(a: np.ndarray, b: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
+    """The bounding box of both masks (all errors lie in it), so that click simulation works on a small array."""
+    coords = np.argwhere(a | b)
+    lo, hi = np.maximum(coords.min(0) - margin, 0), np.minimum(coords.max(0) + margin + 1, a.shape)
+    return tuple(slice(int(x), int(y)) for x, y in zip(lo, hi))
+
+
+def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig, names: dict[int, str], ending: str) -> list[dict]:
+    image = read_pet(folder / f"images{cfg.split}" / f"{case}_0000{ending}")
+    labels = np.rint(read_pet(folder / f"labels{cfg.split}" / f"{case}{ending}").array).astype(np.uint16)
+    inst_path = folder / f"instances{cfg.split}" / f"{case}{ending}"
+    instances = np.rint(read_pet(inst_path).array).astype(np.uint16) if inst_path.is_file() else None
+    segmenter.set_image(image)
+    rows = []
+    wanted = {t.lower() for t in cfg.targets}
+    for index, target in enumerate(case_targets(case, labels, instances, names, {})):
+        if wanted and target.name.lower() not in wanted:
+            continue
+        truth = _truth(labels, instances, target)
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(case.encode()), index])
+        diameter = equivalent_diameter_mm(truth, image.spacing)
+        base = {"case": case, "structure": target.name, "target": f"{target.name}_{target.value}", "method": segmenter.name,
+                "protocol": cfg.protocol, "diameter_mm": round(diameter, 1),
+                "size_group": size_group(diameter) if target.kind == "instance" else ""}
+        rows += [{**base, **row} for row in evaluate_target(segmenter, image, truth, cfg, rng)]
+    return rows
+
+
+def run_evaluation(cfg: EvalConfig) -> Path:
+    """Evaluate and write the results; returns the summary (Markdown) path."""
+    folder, out = Path(cfg.dataset), Path(cfg.out)
+    meta = read_dataset_json(folder)
+    names, ending = label_names(meta), meta.get("file_ending", ".nii.gz")
+    cases = list_cases(folder, cfg.split)
+    segmenter = make_segmenter(cfg.method, cfg.checkpoint, cfg.device)
+    done_dir = out / "cases" / segmenter.name
+    done_dir.mkdir(parents=True, exist_ok=True)
+    for case in track(cases, f"evaluating {segmenter.name}"):
+        path = done_dir / f"{case}.json"
+        if path.is_file():
+            continue  # finished in an earlier run
+        rows = evaluate_case(segmenter, folder, case, cfg, names, ending)
+        payload = json.dumps(rows)
+        write_atomic(path, lambda tmp, text=payload: tmp.write_text(text))
+    return write_results(out)
+
+
+def load_rows(out: Path) -> list[dict]:
+    return [row for path in sorted((out / "cases").glob("*/*.json")) for row in json.loads(path.read_text())]
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """Mean (and median) Dice and NSD per method, structure (lesions also per size group) and click count."""
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        keys = [row["structure"]] + ([f"lesion {row['size_group']}"] if row["size_group"] else [])
+        for key in keys:
+            groups.setdefault((row["method"], key, row["clicks"]), []).append(row)
+    return [{"method": m, "structure": s, "clicks": c, "n": len(g),
+             "dice_mean": float(np.mean([r["dice"] for r in g])), "dice_median": float(np.median([r["dice"] for r in g])),
+             "nsd_mean": float(np.mean([r["nsd"] for r in g])),
+             "abs_err_suvmean_median": float(np.median([abs(r["err_suvmean"]) for r in g])),
+             "abs_err_mtv_median": float(np.median([abs(r["err_mtv"]) for r in g]))}
+            for (m, s, c), g in sorted(groups.items())]
+
+
+def markdown_table(summary: list[dict], metric: str = "dice_mean") -> str:
+    """Structures as rows, (method, clicks) as columns."""
+    columns = sorted({(r["method"], r["clicks"]) for r in summary}, key=lambda k: (k[0] != "model", k[0], k[1]))
+    structures = sorted({r["structure"] for r in summary}, key=lambda s: (s.startswith("lesion"), s))
+    cell = {(r["structure"], r["method"], r["clicks"]): r for r in summary}
+    lines = ["| structure | n | " + " | ".join(f"{m} @{c}" for m, c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for s in structures:
+        n = max((cell[(s, m, c)]["n"] for m, c in columns if (s, m, c) in cell), default=0)
+        values = [f"{cell[(s, m, c)][metric]:.3f}" if (s, m, c) in cell else "" for m, c in columns]
+        lines.append(f"| {s} | {n} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(out: Path) -> Path:
+    rows = load_rows(out)
+    if not rows:
+        raise FileNotFoundError(out / "cases")
+    summary = summarise(rows)
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    write_atomic(out / "results.csv", lambda tmp: tmp.write_text(text.getvalue()))
+    write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps({"rows": rows, "summary": summary}, indent=1)))
+    md = ("# Evaluation\n\nMean Dice per structure after N clicks (lesions also by equivalent diameter).\n\n"
+          + markdown_table(summary) + "\nMean NSD (tolerance as configured):\n\n" + markdown_table(summary, "nsd_mean"))
+    write_atomic(out / "summary.md", lambda tmp: tmp.write_text(md))
+    plot_results(rows, summary, out)
+    return out / "summary.md"
+
+
+def plot_results(rows: list[dict], summary: list[dict], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    structures = sorted({r["structure"] for r in summary}, key=lambda s: (s.startswith("lesion"), s))
+    methods = sorted({r["method"] for r in summary}, key=lambda m: (m != "model", m))
+    cols = 4
+    fig, axes = plt.subplots(-(-len(structures) // cols), cols, figsize=(4 * cols, 3 * -(-len(structures) // cols)), squeeze=False)
+    for ax, s in zip(axes.flat, structures):
+        for m in methods:
+            pts = sorted((r["clicks"], r["dice_mean"]) for r in summary if r["structure"] == s and r["method"] == m)
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=m)
+        ax.set_title(s, fontsize=9)
+        ax.set_ylim(0, 1)
+        ax.set_xlabel("clicks")
+        ax.set_ylabel("Dice")
+    for ax in axes.flat[len(structures):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    write_atomic(out / "dice_vs_clicks.png", lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+
+    last = max(r["clicks"] for r in rows)
+    fig, ax = plt.subplots(figsize=(max(8, len(structures) * len(methods) * 0.35), 4))
+    data, labels = [], []
+    for s in structures:
+        for m in methods:
+            values = [r["dice"] for r in rows if r["clicks"] == last and r["method"] == m
+                      and (r["structure"] == s or (s.startswith("lesion ") and r["size_group"] and f"lesion {r['size_group']}" == s))]
+            if values:
+                data.append(values)
+                labels.append(f"{s}\n{m}")
+    ax.boxplot(data)
+    ax.set_xticks(range(1, len(labels) + 1), labels, rotation=90, fontsize=6)
+    ax.set_ylabel(f"Dice after {last} clicks")
+    fig.tight_layout()
+    write_atomic(out / "dice_boxplot.png", lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)

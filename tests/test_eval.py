@@ -1,0 +1,104 @@
+"""Evaluation: metrics against hand-computed values, click simulation, the runner's files and resume."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from conftest import write_tiny_dataset
+from seganypet.baselines import segment_classical
+from seganypet.clicks import centre_of, first_click, jittered_box, next_click
+from seganypet.eval import EvalConfig, area_under_curve, dice, false_volumes, nsd, run_evaluation
+from seganypet.eval import runner as runner_module
+from seganypet.io import read_pet
+from seganypet.prompts import Prompts
+
+
+def cube(shape=(10, 10, 10), lo=(0, 0, 0), size=4):
+    mask = np.zeros(shape, bool)
+    mask[lo[0] : lo[0] + size, lo[1] : lo[1] + size, lo[2] : lo[2] + size] = True
+    return mask
+
+
+def test_dice_by_hand():
+    a, b = cube(lo=(1, 1, 1)), cube(lo=(2, 1, 1))  # overlap 3 x 4 x 4 = 48 of 64 + 64
+    assert dice(a, b) == pytest.approx(96 / 128)
+    assert dice(a, np.zeros_like(a)) == 0.0 and dice(np.zeros_like(a), np.zeros_like(a)) == 1.0
+
+
+def test_nsd_by_hand_with_anisotropic_spacing():
+    """Two 4^3 cubes one voxel apart along i, voxels 2 x 1 x 1 mm, tolerance 1.5 mm. Each cube's surface has 56
+    voxels; only the 16 on the face that sticks out (2 mm from the other surface) fail: (40 + 40) / 112."""
+    a, b = cube(lo=(1, 1, 1)), cube(lo=(2, 1, 1))
+    assert nsd(a, b, (2.0, 1.0, 1.0), 1.5) == pytest.approx(80 / 112)
+    assert nsd(a, b, (1.0, 1.0, 1.0), 1.0) == pytest.approx(1.0)  # with 1 mm voxels every surface voxel is within 1 mm
+    assert nsd(a, a, (2.0, 1.0, 1.0), 0.0) == 1.0
+    assert nsd(a, np.zeros_like(a), (1, 1, 1)) == 0.0
+
+
+def test_autopet_volumes_and_curve_area():
+    lesions = np.zeros((20, 20, 20), np.uint8)
+    lesions[2:5, 2:5, 2:5] = 1  # 27 voxels, hit
+    lesions[10:12, 10:12, 10:12] = 2  # 8 voxels, missed
+    prediction = np.zeros_like(lesions, bool)
+    prediction[3:6, 3:6, 3:6] = True  # touches lesion 1
+    prediction[15:17, 15:17, 15] = True  # 4 voxels touching nothing
+    fpv, fnv = false_volumes(prediction, lesions, voxel_ml=0.064)
+    assert fpv == pytest.approx(4 * 0.064) and fnv == pytest.approx(8 * 0.064)
+    assert area_under_curve([0.0, 0.5, 1.0]) == pytest.approx(0.5)
+
+
+def test_clicks_land_inside_the_target_then_in_the_largest_error():
+    rng = np.random.default_rng(3)
+    target = cube((30, 30, 30), (5, 5, 5), 12)
+    for _ in range(20):
+        voxel, positive = first_click(target, rng, "random")
+        assert positive and target[voxel]
+    assert centre_of(target) in {(10, 10, 10), (11, 11, 11), (10, 11, 10), (11, 10, 11), (10, 10, 11), (11, 11, 10),
+                                 (10, 11, 11), (11, 10, 10)}
+    prediction = target.copy()
+    prediction[5:17, 5:17, 5:10] = False  # a large miss (12 x 12 x 5)
+    prediction[5:7, 5:7, 14:17] = False  # a small miss
+    voxel, positive = next_click(prediction, target, rng, "largest_error")
+    assert positive and 5 <= voxel[2] < 10 and not prediction[voxel] and target[voxel]
+    prediction = target.copy()
+    prediction[20:28, 20:28, 20:28] = True  # a large false positive
+    prediction[5:7, 5:7, 5:7] = False
+    voxel, positive = next_click(prediction, target, rng, "largest_error")
+    assert not positive and all(20 <= v < 28 for v in voxel)
+    for _ in range(10):
+        voxel, positive = next_click(prediction, target, rng, "random")
+        assert prediction[voxel] != target[voxel] and positive == target[voxel]
+    assert next_click(target, target, rng) is None
+    lo, hi = jittered_box(target, rng, jitter_mm=2.0)
+    assert all(3 <= v <= 7 for v in lo) and all(14 <= v <= 18 for v in hi)
+
+
+def test_runner_files_agree_with_a_recomputation_and_resume_skips_finished_cases(tmp_path, monkeypatch):
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
+    out = tmp_path / "eval"
+    cfg = EvalConfig(str(data), str(out), "pct41", clicks=(1, 2), split="Tr")
+    summary = run_evaluation(cfg)
+    for name in ("results.csv", "results.json", "summary.md", "dice_vs_clicks.png", "dice_boxplot.png"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert {r["structure"] for r in rows} == {"organ", "lesion"} and {r["clicks"] for r in rows} == {1, 2}
+    assert "| organ |" in summary.read_text()
+
+    # recompute one row by hand: the first click of the largest_error protocol is the target's centre
+    image = read_pet(data / "imagesTr" / "case0_0000.nii.gz")
+    truth = np.rint(read_pet(data / "labelsTr" / "case0.nii.gz").array) == 2
+    mask = segment_classical(image, Prompts(positive=[centre_of(truth, image.spacing)]), "pct41")
+    row = next(r for r in rows if r["case"] == "case0" and r["structure"] == "lesion" and r["clicks"] == 1)
+    assert row["dice"] == pytest.approx(dice(mask, truth))
+    assert row["err_mtv"] == pytest.approx(mask.sum() / truth.sum() - 1)
+
+    calls = []
+    original = runner_module.evaluate_case
+    monkeypatch.setattr(runner_module, "evaluate_case", lambda *a, **k: calls.append(a[2]) or original(*a, **k))
+    (out / "cases" / "pct41" / "case1.json").unlink()
+    run_evaluation(cfg)
+    assert calls == ["case1"]  # case0 was finished and is not redone
+    assert len(json.loads((out / "results.json").read_text())["rows"]) == len(rows)
