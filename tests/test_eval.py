@@ -102,3 +102,27 @@ def test_runner_files_agree_with_a_recomputation_and_resume_skips_finished_cases
     run_evaluation(cfg)
     assert calls == ["case1"]  # case0 was finished and is not redone
     assert len(json.loads((out / "results.json").read_text())["rows"]) == len(rows)
+
+
+def test_autopet_protocol_clicks_lesion_centres_and_hot_spots():
+    from seganypet.eval.autopet import background_clicks, evaluate_autopet_case, lesion_clicks
+    from seganypet.eval.segmenters import ClassicalSegmenter
+    from seganypet.io import PetImage
+
+    suv = np.full((40, 40, 40), 1.0, np.float32)
+    lesions = np.zeros(suv.shape, np.int32)
+    lesions[5:12, 5:12, 5:12] = 1  # 7^3, the larger
+    lesions[25:28, 25:28, 25:28] = 2
+    suv[lesions > 0] = 8.0
+    suv[30:34, 5:9, 30:34] = 12.0  # a physiological hot spot (e.g. bladder)
+    image = PetImage(suv, np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    rng = np.random.default_rng(0)
+    positives = lesion_clicks(lesions, image.spacing, rng)
+    assert len(positives) == 10 and positives[0] == (8, 8, 8) and positives[1] == (26, 26, 26)
+    assert all(lesions[p] > 0 for p in positives)
+    negatives = background_clicks(image, lesions)
+    assert negatives and 30 <= negatives[0][0] < 34 and lesions[negatives[0]] == 0
+    rows = evaluate_autopet_case(ClassicalSegmenter("pct41"), image, lesions, rng)
+    assert [r["step"] for r in rows] == list(range(11))
+    assert rows[0]["dice"] == 0.0 and rows[0]["fnv_ml"] == pytest.approx((343 + 27) * 0.064)
+    assert rows[-1]["dice"] > 0.9 and rows[-1]["fnv_ml"] == 0.0 and rows[-1]["fpv_ml"] == 0.0

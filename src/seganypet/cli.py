@@ -285,7 +285,7 @@ def evaluate(
     clicks: Annotated[str, typer.Option("--clicks", help="Click counts to score, e.g. 1,3,5.")] = "1,3,5",
     split: Annotated[str, typer.Option("--split", help="Tr or Ts (imagesTs/labelsTs).")] = "Ts",
     targets: Annotated[list[str], typer.Option("--targets", help="Structure name to score (repeatable; default all).")] = [],  # noqa: B006
-    protocol: Annotated[str, typer.Option("--protocol", help="largest_error, random or box.")] = "largest_error",
+    protocol: Annotated[str, typer.Option("--protocol", help="largest_error, random, box or autopet (autoPET IV, lesions).")] = "largest_error",
     tolerance: Annotated[float, typer.Option("--tolerance", help="NSD tolerance in mm.")] = 2.0,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     device: Annotated[str, typer.Option("--device")] = "cpu",
@@ -299,8 +299,8 @@ def evaluate(
         raise SegAnyPetError(f"--clicks must be numbers like 1,3,5, not {clicks!r}") from None
     if not counts or counts[0] < 1:
         raise SegAnyPetError("--clicks must be positive")
-    if protocol not in ("largest_error", "random", "box"):
-        raise SegAnyPetError(f"--protocol must be largest_error, random or box, not {protocol!r}")
+    if protocol not in ("largest_error", "random", "box", "autopet"):
+        raise SegAnyPetError(f"--protocol must be largest_error, random, box or autopet, not {protocol!r}")
     cfg = EvalConfig(str(dataset), str(output), method, str(checkpoint) if checkpoint else None, counts, split,
                      tuple(targets), protocol, tolerance, seed, _device(device))
     summary = run_evaluation(cfg)

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy import ndimage
 
 from seganypet.clicks import first_click, jittered_box, next_click
 from seganypet.eval.metrics import dice, equivalent_diameter_mm, nsd, quantity_errors
@@ -24,7 +25,7 @@ from seganypet.eval.segmenters import Segmenter, make_segmenter
 from seganypet.io import read_pet
 from seganypet.io.write import write_atomic
 from seganypet.progress import track
-from seganypet.train.data import case_targets, label_names, list_cases, read_dataset_json
+from seganypet.train.data import LESION_NAMES, case_targets, label_names, list_cases, read_dataset_json
 
 log = logging.getLogger(__name__)
 SIZE_GROUPS = (("< 10 mm", 0.0, 10.0), ("10-30 mm", 10.0, 30.0), ("> 30 mm", 30.0, float("inf")))
@@ -39,7 +40,7 @@ class EvalConfig:
     clicks: tuple[int, ...] = (1, 3, 5)
     split: str = "Ts"
     targets: tuple[str, ...] = ()  # structure names to evaluate (default: all)
-    protocol: str = "largest_error"  # or "random"; "box" starts with a jittered box
+    protocol: str = "largest_error"  # or "random"; "box" starts with a jittered box; "autopet": autoPET IV, lesions per case
     tolerance_mm: float = 2.0
     seed: int = 0
     device: str = "cpu"
@@ -91,6 +92,16 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
     labels = np.rint(read_pet(folder / f"labels{cfg.split}" / f"{case}{ending}").array).astype(np.uint16)
     inst_path = folder / f"instances{cfg.split}" / f"{case}{ending}"
     instances = np.rint(read_pet(inst_path).array).astype(np.uint16) if inst_path.is_file() else None
+    if cfg.protocol == "autopet":
+        from seganypet.eval.autopet import evaluate_autopet_case
+
+        lesion_values = [v for v, n in names.items() if n.lower() in LESION_NAMES]
+        lesions = instances if instances is not None else ndimage.label(np.isin(labels, lesion_values), structure=np.ones((3, 3, 3)))[0]
+        if not lesions.any():
+            return []
+        rng = np.random.default_rng([cfg.seed, zlib.crc32(case.encode())])
+        return [{"case": case, "method": segmenter.name, "protocol": "autopet", **row}
+                for row in evaluate_autopet_case(segmenter, image, lesions.astype(np.int32), rng)]
     segmenter.set_image(image)
     rows = []
     wanted = {t.lower() for t in cfg.targets}
@@ -159,10 +170,27 @@ def markdown_table(summary: list[dict], metric: str = "dice_mean") -> str:
     return "\n".join(lines) + "\n"
 
 
+def autopet_table(rows: list[dict]) -> str:
+    methods = sorted({r["method"] for r in rows}, key=lambda m: (m != "model", m))
+    lines = ["| method | cases | Dice @10 | FPV @10 (mL) | FNV @10 (mL) | AUC Dice | AUC FPV | AUC FNV |", "|---|---|---|---|---|---|---|---|"]
+    for m in methods:
+        last = [r for r in rows if r["method"] == m and r["step"] == 10]
+        mean = lambda k: float(np.mean([r[k] for r in last]))  # noqa: E731
+        lines.append(f"| {m} | {len(last)} | {mean('dice'):.3f} | {mean('fpv_ml'):.2f} | {mean('fnv_ml'):.2f} | "
+                     f"{mean('auc_dice'):.3f} | {mean('auc_fpv_ml'):.2f} | {mean('auc_fnv_ml'):.2f} |")
+    return "\n".join(lines) + "\n"
+
+
 def write_results(out: Path) -> Path:
     rows = load_rows(out)
     if not rows:
         raise FileNotFoundError(out / "cases")
+    if all(r.get("protocol") == "autopet" for r in rows):
+        write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps({"rows": rows}, indent=1)))
+        md = "# Evaluation: autoPET IV protocol (means over cases)\n\n" + autopet_table(rows)
+        write_atomic(out / "summary.md", lambda tmp: tmp.write_text(md))
+        return out / "summary.md"
+    rows = [r for r in rows if r.get("protocol") != "autopet"]
     summary = summarise(rows)
     text = io.StringIO()
     writer = csv.DictWriter(text, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
