@@ -172,3 +172,27 @@ def test_bad_prompts_give_clear_errors():
     assert not session._current.points  # a refused prompt leaves no trace
     with pytest.raises(SegAnyPetError, match="target buffer shape"):
         session.set_image(PetImage(np.zeros((10, 10, 10), np.float32), np.eye(4), "RAS"), np.zeros((3, 3, 3), np.uint16))
+
+
+def test_segment_command_runs_the_model_from_a_checkpoint(tmp_path):
+    """`seganypet segment --method model --checkpoint C` writes the outputs; a bad checkpoint is one clear line."""
+    import subprocess
+    import sys
+
+    import nibabel as nib
+
+    from seganypet.modeling import save_checkpoint
+
+    torch.manual_seed(0)
+    save_checkpoint(build_model("test"), tmp_path / "m.pt")
+    suv = np.ones((40, 40, 30), np.float32)
+    suv[15:25, 15:25, 10:20] = 6.0
+    nib.save(nib.Nifti1Image(suv, np.diag([4.0, 4.0, 4.0, 1.0])), tmp_path / "pet.nii.gz")
+    base = [sys.executable, "-m", "seganypet.cli", "-q", "segment", "-i", str(tmp_path / "pet.nii.gz"), "-p", "20,20,15",
+            "--method", "model"]
+    done = subprocess.run([*base, "-o", str(tmp_path / "out"), "--checkpoint", str(tmp_path / "m.pt")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "out" / "mask.nii.gz").is_file() and (tmp_path / "out" / "report.json").is_file()
+    (tmp_path / "bad.pt").write_bytes(b"\x00" * 10)
+    bad = subprocess.run([*base, "-o", str(tmp_path / "out2"), "--checkpoint", str(tmp_path / "bad.pt")], capture_output=True, text=True)
+    assert bad.returncode == 1 and "bad.pt" in bad.stderr and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
