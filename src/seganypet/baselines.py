@@ -8,7 +8,8 @@ What clinicians use today and the yardstick the model must beat:
 
 The seed is the hottest voxel near the click (within ``SNAP_MM``), since a
 reader clicks on a lesion, not on its brightest voxel. Negative points remove
-the component they fall in; a box restricts the region and seeds from its hottest voxel.
+the component they fall in (or, when it holds a positive click, the part of it nearer to the negative
+click); a box restricts the region and seeds from its hottest voxel.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from collections.abc import Callable
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from seganypet.errors import SegAnyPetError
 from seganypet.io.image import PetImage
@@ -118,7 +120,24 @@ def segment_classical(image: PetImage, prompts: Prompts, method: str = "pct41") 
         offset = np.array([r.start for r in region])
         mask[region] |= segment(image.array[region], tuple(np.asarray(seed) - offset))
     mask &= inside_box
+    return _apply_negatives(mask, prompts, image.spacing)
+
+
+def _apply_negatives(mask: np.ndarray, prompts: Prompts, spacing) -> np.ndarray:
+    """A negative click removes the component it falls in; if that component also holds a positive click, it is
+    split instead: its voxels nearer (in mm) to a negative click than to every positive one are removed."""
     for point in prompts.negative:
-        if mask[tuple(point)]:
-            mask &= ~_component_at(mask, point)
+        if not mask[tuple(point)]:
+            continue
+        component = _component_at(mask, point)
+        positives = [p for p in prompts.positive if component[tuple(p)]]
+        if not positives:
+            mask &= ~component
+            continue
+        negatives = [q for q in prompts.negative if component[tuple(q)]]
+        voxels = np.argwhere(component)
+        to_pos = cKDTree(np.asarray(positives) * spacing).query(voxels * spacing)[0]
+        to_neg = cKDTree(np.asarray(negatives) * spacing).query(voxels * spacing)[0]
+        drop = voxels[to_neg <= to_pos]
+        mask[tuple(drop.T)] = False
     return mask
