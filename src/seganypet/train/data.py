@@ -225,11 +225,9 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
     """One (case, target) crop: centred on a random voxel of the target or on its box centre, zoomed out as the
     session's auto-zoom would for a large target (with +-15 % jitter), flipped left-right at random, SUV scaled
     by 0.8-1.25 (calibration and uptake-time spread)."""
-    for _ in range(20):
-        case = data.cases[rng.integers(len(data.cases))]
-        targets = data.by_case.get(case)
-        if targets:
-            break
+    cases = list(data.by_case)  # cases with at least one target left after exclusions
+    case = cases[rng.integers(len(cases))]
+    targets = data.by_case[case]
     lesions = [t for t in targets if t.kind == "instance"]
     organs = [t for t in targets if t.kind != "instance"]
     pool = lesions if lesions and (not organs or rng.random() < lesion_fraction) else organs
