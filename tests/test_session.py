@@ -82,6 +82,10 @@ def test_crop_round_trip_and_paste_are_exact_for_linear_data():
     expected = crop.to_image(cij) @ np.array([0.5, -0.25, 1.5]) + 3
     inside = ~np.isnan(sampled)
     assert inside.sum() > 1000 and np.allclose(sampled[inside], expected[inside], atol=1e-3)
+    wider = CropGeometry.centred((31, 19, 24), image.spacing, 6.0, 16)  # another crop, resampled from the first
+    direct, via = wider.sample(linear, cval=np.nan), wider.relative_to(crop).sample(expected.astype(np.float32), cval=np.nan)
+    both = ~np.isnan(direct) & ~np.isnan(via) & np.all((wider.relative_to(crop).to_image(cij[:16, :16, :16]) <= 31), -1)
+    assert both.sum() > 100 and np.allclose(direct[both], via[both], atol=1e-3)
     region, pasted = crop.paste(expected.astype(np.float32), image.shape)
     interior = crop.to_crop(ijk[region])
     interior = np.all((interior >= 0) & (interior <= 31), axis=-1)

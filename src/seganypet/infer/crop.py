@@ -45,6 +45,11 @@ class CropGeometry:
         origin = np.asarray(self.origin) + np.asarray(self.step) * (factor - 1) / 2
         return CropGeometry(tuple(origin.tolist()), tuple(step.tolist()), self.size // factor)  # type: ignore[arg-type]
 
+    def relative_to(self, other: CropGeometry) -> CropGeometry:
+        """This window with ``other``'s crop voxels as its "image": resamples one crop's array into another's grid."""
+        return CropGeometry(tuple(other.to_crop(self.origin).tolist()), tuple((np.asarray(self.step) / other.step).tolist()),
+                            self.size)  # type: ignore[arg-type]
+
     def sample(self, volume: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
         """(size,)*3 float32 values of ``volume`` at the crop's voxels; ``cval`` outside the image.
 

@@ -227,10 +227,14 @@ class Session:
             return target.logits
         if target.bbox is None:
             return None
-        low = crop.coarsened(self.model.crop_size // self.model.mask_size)
-        inside = low.sample((self.target_buffer == target.label).astype(np.float32)) > 0.5
-        if not inside.any():
-            return None
+        # nearest-neighbour on the label buffer itself: reads only the voxels under the crop
+        inside = self._low_res(crop).sample(self.target_buffer, order=0) == target.label
+        return self._as_mask_prompt(inside) if inside.any() else None
+
+    def _low_res(self, crop: CropGeometry) -> CropGeometry:
+        return crop.coarsened(self.model.crop_size // self.model.mask_size)
+
+    def _as_mask_prompt(self, inside: np.ndarray) -> torch.Tensor:
         logits = np.where(inside, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT).astype(np.float32)
         return torch.from_numpy(logits)[None, None].to(self.device)
 
@@ -272,11 +276,9 @@ class Session:
             new_crop = self._fitted_crop(lo, hi, min_zoom=min(zoom * 1.5, self.max_zoom))
             log.debug("target %d touches the crop border: zoom %.2f -> %.2f", target.label, zoom,
                       new_crop.step[0] * self.image.spacing[0] / self.model.config.spacing_mm)
-            low = new_crop.coarsened(self.model.crop_size // self.model.mask_size)
-            region, values = crop.paste(crop_logits, self.image.shape)
-            full = np.full(self.image.shape, -MASK_PROMPT_LOGIT, np.float32)
-            full[region] = np.where(values > 0, MASK_PROMPT_LOGIT, -MASK_PROMPT_LOGIT)
-            mask_input = torch.from_numpy(low.sample(full, cval=-MASK_PROMPT_LOGIT))[None, None].to(self.device)
+            # this prediction, resampled from the old crop straight into the new one's low-res grid
+            inside = self._low_res(new_crop).relative_to(crop).sample(crop_logits, cval=-MASK_PROMPT_LOGIT) > 0
+            mask_input = self._as_mask_prompt(inside)
             crop = new_crop
         return self._write(target, before, crop, crop_logits, logits, score)
 
