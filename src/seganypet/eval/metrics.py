@@ -19,7 +19,8 @@ def dice(prediction: np.ndarray, truth: np.ndarray) -> float:
     return 1.0 if total == 0 else 2.0 * int((prediction & truth).sum()) / total
 
 
-def _box(a: np.ndarray, b: np.ndarray, margin: np.ndarray) -> tuple[slice, ...]:
+def union_box(a: np.ndarray, b: np.ndarray, margin=1) -> tuple[slice, ...]:
+    """The bounding box of both masks grown by ``margin`` voxels (per axis or one number), clipped to the array."""
     coords = np.argwhere(a | b)
     lo = np.maximum(coords.min(0) - margin, 0)
     hi = np.minimum(coords.max(0) + margin + 1, a.shape)
@@ -38,7 +39,7 @@ def nsd(prediction: np.ndarray, truth: np.ndarray, spacing, tolerance_mm: float 
     if not prediction.any() or not truth.any():
         return 0.0
     spacing = np.asarray(spacing, float)
-    box = _box(prediction, truth, np.ceil(tolerance_mm / spacing).astype(int) + 2)
+    box = union_box(prediction, truth, np.ceil(tolerance_mm / spacing).astype(int) + 2)
     a, b = _surface(prediction[box]), _surface(truth[box])
     to_b = ndimage.distance_transform_edt(~b, sampling=spacing)
     to_a = ndimage.distance_transform_edt(~a, sampling=spacing)

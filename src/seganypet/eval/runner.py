@@ -20,7 +20,8 @@ import numpy as np
 from scipy import ndimage
 
 from seganypet.clicks import first_click, jittered_box, next_click
-from seganypet.eval.metrics import dice, equivalent_diameter_mm, nsd, quantity_errors
+from seganypet.eval.metrics import dice, equivalent_diameter_mm, nsd, quantity_errors, union_box
+from seganypet.errors import SegAnyPetError
 from seganypet.eval.segmenters import Segmenter, make_segmenter
 from seganypet.io import read_pet
 from seganypet.io.write import write_atomic
@@ -63,13 +64,13 @@ def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalCon
     if cfg.protocol == "box":
         prediction = segmenter.add_box(*jittered_box(truth, rng, spacing=image.spacing))
     else:
-        box = _union_box(truth, truth)
+        box = union_box(truth, truth)
         voxel, positive = first_click(truth[box], rng, strategy, image.spacing)
         prediction = segmenter.add_point(np.add(voxel, [s.start for s in box]), positive)
     rows = []
     for n in range(1, max(cfg.clicks) + 1):
         if n > 1:
-            box = _union_box(prediction, truth)
+            box = union_box(prediction, truth)
             click = next_click(prediction[box], truth[box], rng, strategy, image.spacing)
             if click is not None:
                 prediction = segmenter.add_point(np.add(click[0], [s.start for s in box]), click[1])
@@ -78,13 +79,6 @@ def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalCon
                          "nsd": nsd(prediction, truth, image.spacing, cfg.tolerance_mm),
                          **{f"err_{k}": v for k, v in quantity_errors(image, prediction, truth).items()}})
     return rows
-
-
-def _union_box(a: np.ndarray, b: np.ndarray, margin: int = 1) -> tuple[slice, ...]:
-    """The bounding box of both masks (all errors lie in it), so that click simulation works on a small array."""
-    coords = np.argwhere(a | b)
-    lo, hi = np.maximum(coords.min(0) - margin, 0), np.minimum(coords.max(0) + margin + 1, a.shape)
-    return tuple(slice(int(x), int(y)) for x, y in zip(lo, hi))
 
 
 def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig, names: dict[int, str], ending: str) -> list[dict]:
@@ -184,7 +178,7 @@ def autopet_table(rows: list[dict]) -> str:
 def write_results(out: Path) -> Path:
     rows = load_rows(out)
     if not rows:
-        raise FileNotFoundError(out / "cases")
+        raise SegAnyPetError("nothing was scored: no case has a target of the requested kind (or no lesions for autopet)", out)
     if all(r.get("protocol") == "autopet" for r in rows):
         write_atomic(out / "results.json", lambda tmp: tmp.write_text(json.dumps({"rows": rows}, indent=1)))
         md = "# Evaluation: autoPET IV protocol (means over cases)\n\n" + autopet_table(rows)
