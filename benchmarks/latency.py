@@ -75,11 +75,10 @@ def one(size: str, precision: str, clicks: int, checkpoint: str | None, scan: Pa
 
     t = time.perf_counter()
     session.set_image(image)
-    session.add_point(centre)
+    crop = session.add_point(centre).crop
     first = time.perf_counter() - t
 
-    crop = session._current.crop
-    tensor = torch.from_numpy(crop.sample(session._input))[None, None]
+    tensor = torch.from_numpy(crop.sample(normalise_suv(image.array)))[None, None]
     embeds = []
     for _ in range(5):
         t = time.perf_counter()

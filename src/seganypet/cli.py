@@ -170,7 +170,7 @@ def segment(
     names = {}
     session = None
     if method == "model":
-        from seganypet.infer import Session
+        from seganypet.infer import Session, segment_with_model
         from seganypet.modeling import load_model
 
         session = Session(load_model(checkpoint, device=_device(device)))
@@ -178,8 +178,6 @@ def segment(
     for value, target in enumerate(targets, start=1):
         p = make_prompts(image, target["points"], target["negative"], target["box"], coords)
         if session is not None:
-            from seganypet.infer import segment_with_model
-
             mask = segment_with_model(session, p)
         else:
             mask = segment_classical(image, p, method)

@@ -88,12 +88,15 @@ def build_base() -> SegAnyPet:
     return build_model("base")
 
 
-def save_checkpoint(model: SegAnyPet, path: str | Path, extra: dict | None = None) -> None:
-    """Weights + config (+ anything in ``extra``: training state, provenance), written atomically."""
+def save_checkpoint(model: SegAnyPet, path: str | Path, extra: dict | None = None, half: bool = False) -> None:
+    """Weights + config (+ anything in ``extra``: training state, provenance), written atomically.
+
+    ``half``: store the weights in fp16 (the shipped file is half the size; `load_model` casts back to fp32)."""
     from seganypet.io.write import atomic_path
 
-    payload = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(model.config),
-               "model": {k: v.float() for k, v in model.state_dict().items()}, **(extra or {})}
+    dtype = torch.float16 if half else torch.float32
+    weights = {k: v.to(dtype) if v.is_floating_point() else v for k, v in model.state_dict().items()}
+    payload = {"format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(model.config), "model": weights, **(extra or {})}
     with atomic_path(path) as tmp:
         torch.save(payload, tmp)
 

@@ -24,8 +24,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from seganypet.errors import SegAnyPetError
-from seganypet.io.write import atomic_path
-from seganypet.modeling import PRESETS, bf16_is_fast, build_model, read_checkpoint, save_checkpoint
+from seganypet.modeling import PRESETS, bf16_is_fast, build_model, normalise_suv, read_checkpoint, save_checkpoint
 from seganypet.train.cpcl import ramp_up
 from seganypet.train.data import TrainingData, sample_crop
 from seganypet.train.loop import InteractiveLoss, LoopConfig
@@ -63,8 +62,6 @@ def _distributed() -> tuple[int, int]:
 
 def _batch(data: TrainingData, config, cfg: TrainConfig, rng: np.random.Generator, device):
     samples = [sample_crop(data, config, rng, cfg.lesion_fraction) for _ in range(cfg.batch)]
-    from seganypet.modeling import normalise_suv
-
     crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None].to(device)
     targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None].to(device)
     noisy = torch.tensor([s.noisy for s in samples], device=device)
@@ -163,17 +160,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         signal.signal(signal.SIGTERM, previous)
     final = out / "model.pt"
     if rank == 0 and step >= cfg.steps:
-        export_weights(model, final, {"steps": step, "train_config": json.dumps(dataclasses.asdict(cfg))})
+        save_checkpoint(model, final, {"steps": step, "train_config": json.dumps(dataclasses.asdict(cfg))}, half=True)
     if world > 1:
         dist.barrier()
     if stop["now"]:
         log.info("stopped at step %d; continue with --resume", step)
     return TrainResult(final, model, step)
 
-
-def export_weights(model, path: Path, extra: dict) -> None:
-    """Weights only, in half precision (the shipped file is half the size; loading casts back to fp32)."""
-    payload = {"format": 1, "config": dataclasses.asdict(model.config),
-               "model": {k: v.half() if v.is_floating_point() else v for k, v in model.state_dict().items()}, **extra}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
