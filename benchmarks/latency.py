@@ -53,12 +53,7 @@ def one(size: str, precision: str, clicks: int, checkpoint: str | None, scan: Pa
 
     from seganypet.errors import SegAnyPetError
     from seganypet.infer import Session
-    from seganypet.modeling import (
-        build_model,
-        default_checkpoint,
-        load_model,
-        set_precision,
-    )
+    from seganypet.modeling import build_model, default_checkpoint, load_model, normalise_suv, set_precision
 
     torch.set_num_threads(2)
     image, lesions = load_scan(scan)
