@@ -28,10 +28,10 @@ def test_output_shapes_for_every_size(size):
         assert emb.features.shape == (2, cfg.embed_dim, grid, grid, grid)
         points = torch.tensor([[[s / 2, s / 3, s / 4], [1.0, 2.0, 3.0]]] * 2)
         labels = torch.tensor([[1, 0]] * 2)
-        low, iou = model.decode(emb, points, labels, multimask=True)
-        assert low.shape == (2, 3, 4 * grid, 4 * grid, 4 * grid) and iou.shape == (2, 3)
+        low, iou = model.decode(emb, points, labels)
+        assert low.shape == (2, 1, 4 * grid, 4 * grid, 4 * grid) and iou.shape == (2, 1)
         box = torch.tensor([[[2.0, 2, 2], [s - 3.0, s - 3, s - 3]]] * 2)
-        low, iou = model.decode(emb, boxes=box, mask_input=low[:, :1])
+        low, iou = model.decode(emb, boxes=box, mask_input=low)
         assert low.shape == (2, 1, 4 * grid, 4 * grid, 4 * grid) and iou.shape == (2, 1)
         assert model.upsample(low).shape == (2, 1, s, s, s)
 

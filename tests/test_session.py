@@ -24,10 +24,7 @@ THRESHOLD = float(normalise_suv(np.float32(HOT / 2)))
 
 
 class HotVoxelModel(torch.nn.Module):
-    """Predicts 'hot' wherever the crop is hotter than HOT / 2 (in the model's normalised units).
-
-    For a single click it answers with three masks (nothing, the hot voxels, everything) and rates the
-    middle one best, so every test below also checks that the IoU head's choice is the mask used."""
+    """Predicts 'hot' wherever the crop is hotter than HOT / 2 (in the model's normalised units)."""
 
     def __init__(self):
         super().__init__()
@@ -40,11 +37,8 @@ class HotVoxelModel(torch.nn.Module):
         self.embed_calls += 1
         return ImageEmbedding(crop, None)
 
-    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask=False):
-        logits = embedding.features - THRESHOLD
-        if multimask:
-            return torch.cat([logits - 100, logits, logits + 100], 1), torch.tensor([[0.2, 0.9, 0.5]])
-        return logits, torch.ones(1, 1)
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None):
+        return embedding.features - THRESHOLD, torch.ones(1, 1)
 
     def upsample(self, low):
         return F.interpolate(low, size=(self.crop_size,) * 3, mode="trilinear", align_corners=False)

@@ -321,6 +321,7 @@ def train(
     save_every: Annotated[int, typer.Option("--save-every", help="Steps between checkpoints.")] = 250,
     bf16: Annotated[str, typer.Option("--bf16", help="auto, on or off.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
+    init: Annotated[Path | None, typer.Option("--init", help="Start from these weights (fine-tune a checkpoint).")] = None,
 ) -> None:
     """Train the promptable model with simulated clicks (and CPCL); run under torchrun for several processes."""
     from seganypet.train import LoopConfig, TrainConfig
@@ -329,7 +330,7 @@ def train(
     if bf16 not in ("auto", "on", "off"):
         raise SegAnyPetError(f"--bf16 must be auto, on or off, not {bf16!r}")
     config = TrainConfig(str(dataset), str(output), size=size, steps=steps, batch=batch, lr=lr, exclude=tuple(exclude),
-                         seed=seed, save_every=save_every, bf16=bf16, loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
+                         seed=seed, save_every=save_every, bf16=bf16, init=str(init) if init else None, loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
     result = run(config, resume=resume)
     if result.step >= steps:
         log.info("wrote %s", result.checkpoint)

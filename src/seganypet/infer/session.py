@@ -246,11 +246,9 @@ class Session:
             kwargs["labels"] = torch.tensor([int(s) for _, s in points], device=self.device)[None]
         if target.box is not None:
             kwargs["boxes"] = torch.tensor(crop.to_crop(np.stack(target.box)), dtype=torch.float32, device=self.device)[None]
-        single_click = len(points) == 1 and target.box is None and mask_input is None
         with torch.inference_mode():
-            logits, iou = self.model.decode(self._embedding(crop), mask_input=mask_input, multimask=single_click, **kwargs)
-        best = int(iou[0].argmax())  # the IoU head picks among the three masks of an ambiguous single click
-        return logits[:, best : best + 1], float(iou[0, best])
+            logits, iou = self.model.decode(self._embedding(crop), mask_input=mask_input, **kwargs)
+        return logits, float(iou[0, 0])
 
     def _touches_border(self, crop: CropGeometry, crop_mask: np.ndarray) -> bool:
         for axis, face in crop.border_faces_inside(self.image.shape):

@@ -1,7 +1,7 @@
 """One training step of the SAM-Med3D interactive loop, as a module so that DDP can wrap it.
 
 Per batch: embed the crops once; round 0 prompts with a click inside the target (or, for some
-batches, a jittered box) and takes the best of the three masks; each next round adds a click at
+batches, a jittered box); each next round adds a click at
 a random voxel of the current error and feeds the previous low-res logits back (sometimes
 binarised, as the session does after moving its crop). Every round's masks are scored with
 Dice + BCE and the IoU head against the masks' true IoU, at the decoder's low-res grid against the
@@ -129,20 +129,17 @@ class InteractiveLoss(nn.Module):
             kwargs = {"boxes": boxes} if boxes is not None else {}
             if any(points):
                 kwargs["points"], kwargs["labels"] = self._prompts([p or [((0, 0, 0), -1)] for p in points], crops.device)
-            multimask = r == 0 and not use_box
-            low, iou = model.decode(embedding, mask_input=mask_input, multimask=multimask, **kwargs)
+            low, iou = model.decode(embedding, mask_input=mask_input, **kwargs)
             logits = low.float()
-            per_mask = segmentation_loss(logits, soft.expand_as(logits))
+            mask_loss = segmentation_loss(logits, soft)[:, 0]
             if rectified is not None:
-                rect_loss = segmentation_loss(logits, rectified.expand_as(logits))
-                per_mask = torch.where(noisy.view(-1, 1), mixed_loss(per_mask, rect_loss, cpcl_weight), per_mask)
-            best = per_mask.argmin(1)  # SAM: only the best of the multimask outputs is trained on the mask loss
-            chosen = per_mask.gather(1, best[:, None])[:, 0]
-            iou_loss = F.mse_loss(iou.float(), true_iou(logits.detach(), soft.expand_as(logits)))
-            total = total + chosen.mean() + iou_loss
-            mask_input = low.gather(1, best.view(-1, 1, 1, 1, 1).expand(-1, 1, *low.shape[2:])).detach().float()
+                rect_loss = segmentation_loss(logits, rectified)[:, 0]
+                mask_loss = torch.where(noisy, mixed_loss(mask_loss, rect_loss, cpcl_weight), mask_loss)
+            iou_loss = F.mse_loss(iou.float(), true_iou(logits.detach(), soft))
+            total = total + mask_loss.mean() + iou_loss
+            mask_input = logits.detach()
             if r == cfg.rounds - 1:
-                final = model.upsample(low.detach().float().gather(1, best.view(-1, 1, 1, 1, 1).expand(-1, 1, *low.shape[2:])))
+                final = model.upsample(mask_input)
                 inter = ((final > 0) & (targets > 0.5)).flatten(1).sum(1).float()
                 dice = 2 * inter / ((final > 0).flatten(1).sum(1) + (targets > 0.5).flatten(1).sum(1)).clamp(min=1)
                 stats["dice_last"] = float(dice.mean())

@@ -49,6 +49,7 @@ class TrainConfig:
     bf16: str = "auto"  # autocast the step in bf16: auto (where bf16 units exist), on, off
     cpcl_rampup: int = 2000
     cpcl_weight: float = 1.0
+    init: str | None = None  # start from these weights (fine-tuning, e.g. the shipped checkpoint)
     loop: LoopConfig = field(default_factory=LoopConfig)
 
 
@@ -75,6 +76,19 @@ def _schedule(cfg: TrainConfig):
         progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
         return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0))) * 0.97 + 0.03
     return factor
+
+
+def _initialise(model: torch.nn.Module, path: str) -> None:
+    """Copy every weight of ``path`` whose name and shape match (a checkpoint of the same size, or an
+    older layout of it); the rest keep their fresh initialisation, and the log names them."""
+    weights, own = read_checkpoint(path)["model"], model.state_dict()
+    matched = {k: v.to(own[k].dtype) for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if not matched:
+        raise SegAnyPetError("no weight of this checkpoint fits the model being trained", path)
+    model.load_state_dict(matched, strict=False)
+    fresh = sorted(set(own) - set(matched))
+    log.info("initialised %d of %d tensors from %s%s", len(matched), len(own), path,
+             f"; fresh: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}" if fresh else "")
 
 
 @dataclass
@@ -105,6 +119,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     step = 0
     last = out / "last.pt"
+    if cfg.init and not (resume and last.is_file()):
+        _initialise(model, cfg.init)
     if resume and last.is_file():
         state = read_checkpoint(last)
         model.load_state_dict(state["model"])
