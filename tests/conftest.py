@@ -10,9 +10,13 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+import torch
+import torch.nn.functional as F
+from scipy.spatial.transform import Rotation
 
 from seganypet.io import PetImage
 from seganypet.io.dicom_write import AcquisitionInfo, write_pet_dicom
+from seganypet.modeling import PRESETS, ImageEmbedding, normalise_suv
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -90,3 +94,44 @@ def write_tiny_dataset(folder: Path, cases: int = 2, noisy: tuple[str, ...] = ()
         "channel_names": {"0": "PET"}, "labels": {"background": 0, "organ": 1, "lesion": 2},
         "numTraining": cases, "file_ending": ".nii.gz", "seganypet": {"label_quality": quality}}))
     return folder
+
+
+# ---- a stand-in model whose prediction is known exactly: the crop's hot voxels -------------------
+HOT = 4.0  # SUV inside the test objects; log1p(4) = 1.61
+THRESHOLD = float(normalise_suv(np.float32(HOT / 2)))
+
+
+class HotVoxelModel(torch.nn.Module):
+    """Predicts 'hot' wherever the crop is hotter than HOT / 2 (in the model's normalised units)."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = PRESETS["test"]
+        self.crop_size = self.mask_size = self.config.crop_size  # no low-res step: the crop's own voxels
+        self.dummy = torch.nn.Parameter(torch.zeros(1))
+        self.embed_calls = 0
+
+    def embed(self, crop):
+        self.embed_calls += 1
+        return ImageEmbedding(crop, None)
+
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None):
+        return embedding.features - THRESHOLD, torch.ones(1, 1)
+
+    def upsample(self, low):
+        return F.interpolate(low, size=(self.crop_size,) * 3, mode="trilinear", align_corners=False)
+
+
+def oblique_image(shape=(60, 50, 40), spacing=(2.0, 3.5, 5.0)) -> PetImage:
+    affine = np.eye(4)
+    affine[:3, :3] = Rotation.from_euler("xyz", [20, -35, 50], degrees=True).as_matrix() @ np.diag(spacing)
+    affine[:3, :3] = affine[:3, :3] @ np.diag([1, -1, 1])  # and a flipped axis
+    affine[:3, 3] = (-40.0, 75.0, 12.0)
+    return PetImage(np.full(shape, 0.5, np.float32), affine, "LPS")
+
+
+def add_sphere(image: PetImage, centre_mm, radius_mm: float) -> np.ndarray:
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1).reshape(-1, 3)
+    inside = (np.linalg.norm(image.voxel_to_world(ijk) - centre_mm, axis=1) <= radius_mm).reshape(image.shape)
+    image.array[inside] = HOT
+    return inside

@@ -262,6 +262,45 @@ def demo(
     run_demo(output, seed=seed)
 
 
+@app.command()
+def view(
+    input: Annotated[Optional[Path], typer.Option("-i", "--input", help="PET scan to open (else open one in the page).")] = None,
+    port: Annotated[int, typer.Option("--port", help="Port on HOST.")] = 8000,
+    host: Annotated[str, typer.Option("--host", help="Interface to bind; other than 127.0.0.1 exposes the scans to the network.")] = "127.0.0.1",
+    browser: Annotated[bool, typer.Option("--browser/--no-browser", help="Open the page in the default browser.")] = True,
+    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Model checkpoint (default: the shipped one).")] = None,
+    device: Annotated[str, typer.Option("--device", "-d", help="cpu or cuda[:N].")] = "cpu",
+    max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload accepted.")] = 1024.0,
+    max_sessions: Annotated[int, typer.Option("--max-sessions", help="Scans held open at once (least recently used goes).")] = 8,
+    series: SeriesOpt = None,
+    units: UnitsOpt = "suv",
+    weight: WeightOpt = None,
+    dose: DoseOpt = None,
+    uptake: UptakeOpt = 0.0,
+) -> None:
+    """Open the local web viewer: scroll the PET, click to segment, read SUVmax/SUVpeak/MTV/TLG."""
+    import threading
+    import webbrowser
+
+    import uvicorn
+
+    from seganypet.modeling import load_model
+    from seganypet.web import Limits, create_app
+
+    if max_upload_mb <= 0 or max_sessions < 1:
+        raise SegAnyPetError("--max-upload-mb must be positive and --max-sessions at least 1")
+    scan = read_input(input, series, units, weight, dose, uptake) if input is not None else None
+    model = load_model(checkpoint, device=_device(device))
+    app_ = create_app(model, scan, Limits(upload_mb=max_upload_mb, sessions=max_sessions))
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}/"
+    if host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning("listening on %s: anyone who can reach this machine can open the scans", host)
+    log.info("seganypet viewer at %s (Ctrl-C to stop)", url)
+    if browser:
+        threading.Timer(1.0, webbrowser.open, [url]).start()
+    uvicorn.run(app_, host=host, port=port, log_level="warning")
+
+
 def main(verb: list[str] | None = None) -> None:
     """Entry point; ``verb`` is put before the command-line arguments (``python -m seganypet.train``)."""
     try:

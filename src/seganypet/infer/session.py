@@ -141,15 +141,16 @@ class Session:
         a, b = self._to_ijk(lo, coords, "box corner"), self._to_ijk(hi, coords, "box corner")
         return self._apply(lambda target: setattr(target, "box", (np.minimum(a, b), np.maximum(a, b))))
 
-    def undo(self) -> bool:
-        """Take back the last prompt: the buffer and the target return to exactly their previous state."""
+    def undo(self) -> Region | None:
+        """Take back the last prompt: the buffer and the target return to exactly their previous state.
+        Returns the buffer region restored (None when there was nothing to undo)."""
         self._require_image()
         if not self._history:
-            return False
+            return None
         step = self._history.pop()
         self.target_buffer[step.region] = step.before
         self._targets[step.target.label] = self._current = step.target
-        return True
+        return step.region
 
     # ---- internals ------------------------------------------------------------------------------
     def _require_image(self) -> None:
