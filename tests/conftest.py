@@ -135,3 +135,21 @@ def add_sphere(image: PetImage, centre_mm, radius_mm: float) -> np.ndarray:
     inside = (np.linalg.norm(image.voxel_to_world(ijk) - centre_mm, axis=1) <= radius_mm).reshape(image.shape)
     image.array[inside] = HOT
     return inside
+
+
+class ClickedHotObjectModel(HotVoxelModel):
+    """Predicts the hot object under the last positive click (its connected hot voxels), like a reader would mean."""
+
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None):
+        from scipy import ndimage
+
+        hot = (embedding.features[0, 0] > THRESHOLD).cpu().numpy()
+        components, _ = ndimage.label(hot)
+        chosen = np.zeros_like(hot)
+        if points is not None:
+            positive = points[0][labels[0] == 1]
+            if len(positive):
+                ijk = tuple(np.clip(np.round(positive[-1].cpu().numpy()).astype(int), 0, hot.shape[0] - 1))
+                chosen = components == components[ijk] if components[ijk] else chosen
+        logits = torch.from_numpy(np.where(chosen, 1.0, -1.0).astype(np.float32))[None, None]
+        return logits, torch.ones(1, 1)

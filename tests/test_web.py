@@ -10,7 +10,6 @@ from __future__ import annotations
 import base64
 import gzip
 import io
-import socket
 import threading
 import time
 import zipfile
@@ -20,13 +19,12 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
-import uvicorn
 from fastapi.testclient import TestClient
 
 from seganypet.infer import Session
 from seganypet.io import PetImage, read_pet, write_nifti
 from seganypet.quant import quantify
-from seganypet.web import Limits, create_app
+from seganypet.web import Limits, create_app, serve_in_thread
 
 from conftest import HotVoxelModel, add_sphere, oblique_image, write_series
 
@@ -131,7 +129,7 @@ def test_box_negative_click_undo_new_target_and_reset(client, scan):
     assert second.status_code == 200 and second.json()["label"] == 1
     undone = client.post(f"/api/sessions/{sid}/undo").json()  # back to the box's mask
     region, block = labels_of(undone, image.shape)
-    assert undone["targets"][0]["voxels"] == boxed.sum() == (block == 1).sum()
+    assert undone["targets"][0]["voxels"] == boxed.sum() == (block > 0).sum()
     undone = client.post(f"/api/sessions/{sid}/undo").json()  # back to nothing
     assert undone["targets"] == [] and not labels_of(undone, image.shape)[1].any()
     assert client.post(f"/api/sessions/{sid}/new_target").json()["label"] == 1  # target 1 is empty again: kept
@@ -233,22 +231,9 @@ def test_idle_sessions_are_evicted(scan):
     assert client.get(f"/api/sessions/{sid}").status_code == 404
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_eight_sessions_clicking_at_once_on_loopback_stay_apart(scan):
     image, spheres = scan
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(create_app(HotVoxelModel(), image, Limits(sessions=8)), host="127.0.0.1",
-                                           port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    base = f"http://127.0.0.1:{port}"
+    base, server = serve_in_thread(create_app(HotVoxelModel(), image, Limits(sessions=8)))
     expected = [python_mask(image, c).sum() for c in CENTRES]
     start = threading.Barrier(8)
 
@@ -266,6 +251,5 @@ def test_eight_sessions_clicking_at_once_on_loopback_stay_apart(scan):
             results = list(pool.map(user, range(8)))
     finally:
         server.should_exit = True
-        thread.join(10)
     for mine, targets in results:
         assert len(targets) == 1 and targets[0]["voxels"] == expected[mine]

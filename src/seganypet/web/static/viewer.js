@@ -22,14 +22,20 @@ function colormapName() {
   return chosen === "gray-inverted" ? "seganypet_inverted_grey" : chosen;
 }
 
-function labelColormap() {
-  const R = [0], G = [0], B = [0], A = [0], I = [0];
-  for (let label = 1; label < 256; label++) {
-    const [r, g, b] = PALETTE[(label - 1) % PALETTE.length];
-    R.push(r); G.push(g); B.push(b); A.push(255); I.push(label);
-  }
-  return { R, G, B, A, I };
-}
+// The server sends label n as LABEL_STEP * (1 + (n - 1) mod 5) on the overlay's 0..255 range (the labels NIfTI
+// says cal 0..255 in its header). Each colour holds flat for +-19 around its value: NiiVue 0.69 samples its
+// colour table half a step off, so one stop per value blends neighbours (and its label-colormap path tints 0).
+const LABEL_STEP = 40;
+const LABEL_COLORS = (() => {
+  const stops = [[0, [0, 0, 0], 0], [LABEL_STEP / 2, [0, 0, 0], 0]];
+  PALETTE.forEach((color, n) => {
+    const value = LABEL_STEP * (n + 1);
+    stops.push([value - 19, color, 255], [value + 19, color, 255]);
+  });
+  stops.push([255, PALETTE.at(-1), 255]);
+  return { R: stops.map((s) => s[1][0]), G: stops.map((s) => s[1][1]), B: stops.map((s) => s[1][2]),
+           A: stops.map((s) => s[2]), I: stops.map((s) => s[0]) };
+})();
 
 function status(text, isError = false) {
   $("status").textContent = text;
@@ -53,10 +59,11 @@ async function show(info) {
   await nv.loadVolumes([
     { url: `${base}/image.nii.gz`, name: "pet.nii.gz", colormap: colormapName(),
       cal_min: Number($("suv-min").value), cal_max: Number($("suv-max").value) },
-    { url: `${base}/labels.nii.gz`, name: "labels.nii.gz", opacity: 0.45 },
+    { url: `${base}/labels.nii.gz`, name: "labels.nii.gz" },
   ]);
-  nv.volumes[1].setColormapLabel(labelColormap());
-  nv.updateGLVolume();
+  nv.addColormap("seganypet_labels", LABEL_COLORS); // added and set after loading: before, NiiVue drew a wrong table
+  nv.setColormap(nv.volumes[1].id, "seganypet_labels");
+
   setLayout();
   renderTargets(info.targets);
   refreshMip();
@@ -95,6 +102,7 @@ function applyPatch(answer) {
   for (let k = k0; k < k1; k++)
     for (let j = j0; j < j1; j++)
       for (let i = i0; i < i1; i++) overlay.img[i + nx * (j + ny * k)] = bytes[n++];
+  overlay.calMinMax(); // NiiVue scales by the data range it measured at load (0..0 for an empty overlay)
   nv.updateGLVolume();
 }
 
