@@ -38,7 +38,7 @@ def test_training_steps_change_the_weights_and_lower_the_loss():
     batch = fixed_batch(model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     first, _ = step(*batch, seed=1, cpcl_weight=1.0)
-    for _ in range(8):
+    for _ in range(20):
         loss, _ = step(*batch, seed=1, cpcl_weight=1.0)
         optimizer.zero_grad()
         loss.backward()

@@ -90,8 +90,10 @@ class InteractiveLoss(nn.Module):
             out.append(prob)
         return torch.stack(out)
 
-    def forward(self, crops: torch.Tensor, targets: torch.Tensor, noisy: torch.Tensor, seed: int, cpcl_weight: float):
-        """crops, targets: (B, 1, S, S, S); noisy: (B,) bool. Returns (loss, statistics)."""
+    def forward(self, crops: torch.Tensor, targets: torch.Tensor, noisy: torch.Tensor, seed: int, cpcl_weight: float,
+                clicks: list | None = None):
+        """crops, targets: (B, 1, S, S, S); noisy: (B,) bool; clicks: per sample, the first click (crop voxel) where
+        the crop was centred on it, else None (a random voxel of the target). Returns (loss, statistics)."""
         cfg, model = self.config, self.model
         rng = np.random.default_rng(seed)
         target_np = targets[:, 0].cpu().numpy() > 0.5
@@ -109,13 +111,14 @@ class InteractiveLoss(nn.Module):
             rectified = F.adaptive_avg_pool3d(rectified, model.mask_size)
             stats["cpcl_changed"] = float((rect.rectified != targets[idx]).float().mean())
 
+        clicks = clicks or [None] * len(target_np)
         use_box = rng.random() < cfg.box_probability
         boxes = None
         points: list[list[tuple]] = [[] for _ in target_np]
         if use_box:
             boxes = torch.tensor(np.array([jittered_box(t, rng) for t in target_np]), dtype=torch.float32, device=crops.device)
         else:
-            points = [[first_click(t, rng)] for t in target_np]
+            points = [[(click, True) if click else first_click(t, rng)] for t, click in zip(target_np, clicks)]
         mask_input, total = None, 0.0
         for r in range(cfg.rounds):
             if r:

@@ -66,7 +66,7 @@ def _batch(data: TrainingData, config, cfg: TrainConfig, rng: np.random.Generato
     crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None].to(device)
     targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None].to(device)
     noisy = torch.tensor([s.noisy for s in samples], device=device)
-    return crops, targets, noisy
+    return crops, targets, noisy, [s.click for s in samples]
 
 
 def _schedule(cfg: TrainConfig):
@@ -148,10 +148,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         try:
             while step < cfg.steps and not stop["now"]:
                 rng = np.random.default_rng([cfg.seed, rank, step])
-                crops, targets, noisy = _batch(data, model.config, cfg, rng, device)
+                crops, targets, noisy, clicks = _batch(data, model.config, cfg, rng, device)
                 weight = cfg.cpcl_weight * ramp_up(step, cfg.cpcl_rampup)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss, stats = wrapped(crops, targets, noisy, int(rng.integers(2**31)), weight)
+                    loss, stats = wrapped(crops, targets, noisy, int(rng.integers(2**31)), weight, clicks)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
