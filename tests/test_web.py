@@ -253,3 +253,17 @@ def test_eight_sessions_clicking_at_once_on_loopback_stay_apart(scan):
         server.should_exit = True
     for mine, targets in results:
         assert len(targets) == 1 and targets[0]["voxels"] == expected[mine]
+
+
+def test_view_command_refuses_bad_input_in_one_line_before_serving(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "scan.nii.gz").write_bytes(b"not an image")
+    for args, says in ((["-i", str(tmp_path / "scan.nii.gz")], "scan.nii.gz"),
+                       (["--checkpoint", str(tmp_path / "none.pt")], "checkpoint not found"),
+                       (["--max-sessions", "0"], "--max-sessions")):
+        result = subprocess.run([sys.executable, "-m", "seganypet.cli", "view", "--no-browser", *args],
+                                capture_output=True, text=True, timeout=120)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and says in result.stderr, result.stderr

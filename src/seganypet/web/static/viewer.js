@@ -59,7 +59,7 @@ async function show(info) {
   await nv.loadVolumes([
     { url: `${base}/image.nii.gz`, name: "pet.nii.gz", colormap: colormapName(),
       cal_min: Number($("suv-min").value), cal_max: Number($("suv-max").value) },
-    { url: `${base}/labels.nii.gz`, name: "labels.nii.gz" },
+    { url: `${base}/labels.nii.gz`, name: "labels.nii.gz", opacity: 0.6 },
   ]);
   nv.addColormap("seganypet_labels", LABEL_COLORS); // added and set after loading: before, NiiVue drew a wrong table
   nv.setColormap(nv.volumes[1].id, "seganypet_labels");
