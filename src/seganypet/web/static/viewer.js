@@ -9,7 +9,7 @@ const $ = (id) => document.getElementById(id);
 const state = { sid: null, label: 1, dims: null, dicom: false, down: null, up: null, busy: false };
 
 const nv = new niivue.Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: false, dragAndDropEnabled: false,
-                                crosshairColor: [0.2, 0.8, 1.0, 0.7], isOrientationTextVisible: true });
+                                crosshairColor: [0.2, 0.8, 1.0, 0.7], crosshairGap: 12, isOrientationTextVisible: true });
 nv.attachToCanvas($("gl"));
 nv.opts.dragModePrimary = nv.dragModes.callbackOnly; // left press: ours (click or box), not NiiVue's crosshair
 nv.opts.dragMode = nv.dragModes.callbackOnly; // right press: ours (negative click)
