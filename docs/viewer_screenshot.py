@@ -18,15 +18,6 @@ from seganypet.modeling import load_model
 from seganypet.phantom import PhantomConfig, generate_case
 from seganypet.web import create_app, serve_in_thread
 
-CANVAS_POSITION = """(mm) => {
-  const frac = nv.mm2frac(mm, 0, true);
-  nv.scene.crosshairPos = frac;
-  nv.updateGLVolume();
-  const [x, y] = nv.frac2canvasPos(frac);
-  const rect = nv.canvas.getBoundingClientRect();
-  return [rect.left + x * rect.width / nv.canvas.width, rect.top + y * rect.height / nv.canvas.height];
-}"""
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -46,7 +37,7 @@ def main() -> None:
             page.click("#open-phantom")
             page.wait_for_function("document.body.dataset.sid !== undefined", timeout=120_000)
             page.select_option("#layout", "axial")
-            x, y = page.evaluate(CANVAS_POSITION, target_mm)
+            x, y = page.evaluate("(mm) => canvasPositionOf(mm)", target_mm)
             page.mouse.click(x, y)
             page.wait_for_function("document.body.dataset.prompts === '1'", timeout=60_000)
             page.select_option("#layout", "multi")

@@ -26,16 +26,6 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install chromium)")
 
-# canvas pixel of a world point in NiiVue's current layout, in page (CSS) pixels
-CANVAS_POSITION = """(mm) => {
-  const frac = nv.mm2frac(mm, 0, true);
-  nv.scene.crosshairPos = frac;
-  nv.updateGLVolume();
-  const [x, y] = nv.frac2canvasPos(frac);
-  const rect = nv.canvas.getBoundingClientRect();
-  return [rect.left + x * rect.width / nv.canvas.width, rect.top + y * rect.height / nv.canvas.height];
-}"""
-
 
 def test_click_on_a_phantom_lesion_shows_the_overlay_and_the_python_suvmax():
     from PIL import Image
@@ -56,7 +46,7 @@ def test_click_on_a_phantom_lesion_shows_the_overlay_and_the_python_suvmax():
             page.click("#open-phantom")
             page.wait_for_function("document.body.dataset.sid !== undefined", timeout=120_000)
             page.select_option("#layout", "axial")
-            x, y = page.evaluate(CANVAS_POSITION, target_mm)
+            x, y = page.evaluate("(mm) => canvasPositionOf(mm)", target_mm)
             page.mouse.click(x, y)
             page.wait_for_function("document.body.dataset.prompts === '1'", timeout=60_000)
             overlay_voxels = page.evaluate("() => nv.volumes[1].img.reduce((n, v) => n + (v > 0), 0)")

@@ -157,6 +157,17 @@ function worldMm(frac) {
   return [mm[0], mm[1], mm[2]];
 }
 
+// for scripted use (the browser test, docs/viewer_screenshot.py): move the crosshair to a world point (RAS mm)
+// and return where it is drawn, in page pixels, so a real mouse click can land there
+function canvasPositionOf(mm) {
+  const frac = nv.mm2frac(mm, 0, true);
+  nv.scene.crosshairPos = frac;
+  nv.updateGLVolume();
+  const [x, y] = nv.frac2canvasPos(frac);
+  const rect = nv.canvas.getBoundingClientRect();
+  return [rect.left + x * rect.width / nv.canvas.width, rect.top + y * rect.height / nv.canvas.height];
+}
+
 function inside(frac) {
   return frac && frac.every((f) => f >= 0 && f <= 1);
 }
