@@ -13,14 +13,13 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import ClickedHotObjectModel
 
 from seganypet.demo import click_inside
 from seganypet.infer import Session
 from seganypet.phantom import PhantomConfig, generate_case
 from seganypet.quant import quantify
 from seganypet.web import create_app, serve_in_thread
-
-from conftest import ClickedHotObjectModel
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (pip install playwright)")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

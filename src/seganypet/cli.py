@@ -29,6 +29,8 @@ UnitsOpt = Annotated[str, typer.Option("--units", help="Volume files only: 'suv'
 WeightOpt = Annotated[Optional[float], typer.Option("--weight", help="Patient weight in kg (with --units bqml).")]
 DoseOpt = Annotated[Optional[float], typer.Option("--dose", help="Injected dose in MBq (with --units bqml).")]
 UptakeOpt = Annotated[float, typer.Option("--uptake", help="Minutes from injection to scan (with --units bqml).")]
+CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Model checkpoint (default: the shipped one).")]
+DeviceOpt = Annotated[str, typer.Option("--device", "-d", help="cpu or cuda[:N] (model only).")]
 
 
 @app.callback()
@@ -144,8 +146,8 @@ def segment(
     negative: Annotated[list[str], typer.Option("--negative", "-n", help="Negative click x,y,z (repeatable).")] = [],  # noqa: B006
     box: Annotated[Optional[str], typer.Option("--box", help="Box x0,y0,z0,x1,y1,z1.")] = None,
     method: Annotated[str, typer.Option("--method", "-m", help="model, suv2.5, pct41, pct50 or region-growing.")] = "pct41",
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Model checkpoint (default: the shipped one).")] = None,
-    device: Annotated[str, typer.Option("--device", "-d", help="cpu or cuda[:N] (model only).")] = "cpu",
+    checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = "cpu",
     coords: Annotated[str, typer.Option("--coords", help="voxel (x,y,z = i,j,k of the file) or mm (file's own space).")] = "voxel",
     prompts: Annotated[Optional[Path], typer.Option("--prompts", help="JSON file with many targets.")] = None,
     label: Annotated[str, typer.Option("--label", help="Name of the structure (single target).")] = "lesion",
@@ -268,8 +270,8 @@ def view(
     port: Annotated[int, typer.Option("--port", help="Port on HOST.")] = 8000,
     host: Annotated[str, typer.Option("--host", help="Interface to bind; other than 127.0.0.1 exposes the scans to the network.")] = "127.0.0.1",
     browser: Annotated[bool, typer.Option("--browser/--no-browser", help="Open the page in the default browser.")] = True,
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Model checkpoint (default: the shipped one).")] = None,
-    device: Annotated[str, typer.Option("--device", "-d", help="cpu or cuda[:N].")] = "cpu",
+    checkpoint: CheckpointOpt = None,
+    device: DeviceOpt = "cpu",
     max_upload_mb: Annotated[float, typer.Option("--max-upload-mb", help="Largest upload accepted.")] = 1024.0,
     max_sessions: Annotated[int, typer.Option("--max-sessions", help="Scans held open at once (least recently used goes).")] = 8,
     series: SeriesOpt = None,
@@ -318,7 +320,7 @@ def evaluate(
     dataset: Annotated[Path, typer.Option("-d", "--dataset", help="nnU-Net v2 dataset folder with labels.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Results folder (resumable).")],
     method: Annotated[str, typer.Option("--method", "-m", help="model, suv2.5, pct41, pct50 or region-growing.")] = "model",
-    checkpoint: Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Model checkpoint (default: the shipped one).")] = None,
+    checkpoint: CheckpointOpt = None,
     clicks: Annotated[str, typer.Option("--clicks", help="Click counts to score, e.g. 1,3,5.")] = "1,3,5",
     split: Annotated[str, typer.Option("--split", help="Tr or Ts (imagesTs/labelsTs).")] = "Ts",
     targets: Annotated[list[str], typer.Option("--targets", help="Structure name to score (repeatable; default all).")] = [],  # noqa: B006
