@@ -1,9 +1,10 @@
 """Training throughput (samples/s) for 1 and 2 processes (torchrun, gloo on CPU / nccl on GPU).
 
-    python benchmarks/train_throughput.py -d DATASET [--size small] [--steps 40] [--procs 1,2]
+    python benchmarks/train_throughput.py -d DATASET [--size small] [--steps 60] [--procs 1,2] [--cache DIR]
 
 Each configuration trains ``--steps`` steps in a fresh run folder (the dataset cache is built by the
-first and shared) and reports the run's own samples/s over all its steps (data loading, click
+first and shared, or taken from ``--cache``, an earlier run's ``cache`` folder) and reports the
+run's own samples/s over all its steps (data loading, click
 simulation and CPCL included).
 """
 
@@ -26,11 +27,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("-d", "--dataset", required=True)
     parser.add_argument("--size", default="small")
-    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--procs", default="1,2")
+    parser.add_argument("--cache", help="an earlier run's cache folder for this dataset (skips reading every case)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp())
+    if args.cache:
+        (work / "cache").symlink_to(Path(args.cache).resolve())
     torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
     rows = []
     for procs in (int(p) for p in args.procs.split(",")):

@@ -10,6 +10,7 @@ import sys
 import nibabel as nib
 import numpy as np
 import pytest
+from test_quant import sphere_image
 
 from seganypet import SegAnyPetError
 from seganypet.baselines import segment_classical
@@ -18,8 +19,6 @@ from seganypet.io.dicom_seg import read_dicom_seg, write_dicom_seg
 from seganypet.io.dicom_write import write_pet_dicom
 from seganypet.prompts import make_prompts
 from seganypet.quant import quantify
-
-from test_quant import sphere_image
 
 
 def two_spheres():

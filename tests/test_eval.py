@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -126,3 +127,24 @@ def test_autopet_protocol_clicks_lesion_centres_and_hot_spots():
     assert [r["step"] for r in rows] == list(range(11))
     assert rows[0]["dice"] == 0.0 and rows[0]["fnv_ml"] == pytest.approx((343 + 27) * 0.064)
     assert rows[-1]["dice"] > 0.9 and rows[-1]["fnv_ml"] == 0.0 and rows[-1]["fpv_ml"] == 0.0
+
+
+def test_lesions_are_also_summarised_by_the_site_their_metadata_names(tmp_path):
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
+    (data / "instancesTr").mkdir()
+    (data / "metadata").mkdir()
+    for case, site in (("case0", "bone"), ("case1", "liver")):
+        labels = nib.load(data / "labelsTr" / f"{case}.nii.gz")
+        instances = (np.asarray(labels.dataobj) == 2).astype(np.uint8)
+        nib.save(nib.Nifti1Image(instances, labels.affine), data / "instancesTr" / f"{case}.nii.gz")
+        (data / "metadata" / f"{case}.json").write_text(json.dumps({"lesions": [{"id": 1, "site": site}]}))
+    run_evaluation(EvalConfig(str(data), str(tmp_path / "eval"), "pct41", clicks=(1,), split="Tr"))
+    result = json.loads((tmp_path / "eval" / "results.json").read_text())
+    lesion = {r["case"]: r for r in result["rows"] if r["structure"] == "lesion"}
+    assert lesion["case0"]["site"] == "bone" and lesion["case1"]["site"] == "liver"
+    by_group = {s["structure"]: s for s in result["summary"]}
+    assert by_group["lesion in bone"]["n"] == 1
+    assert by_group["lesion in bone"]["dice_mean"] == pytest.approx(lesion["case0"]["dice"])
+    assert by_group["lesion in liver"]["dice_mean"] == pytest.approx(lesion["case1"]["dice"])
+    assert by_group["lesion"]["n"] == 2
+    assert all(r["site"] == "" for r in result["rows"] if r["structure"] == "organ")

@@ -13,11 +13,10 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
+from conftest import write_series
 from seganypet import SegAnyPetError
 from seganypet.io import PetImage, read_pet, write_nifti
 from seganypet.io.dicom_write import AcquisitionInfo, write_pet_dicom
-
-from conftest import write_series
 
 
 def rotated_affine(spacing=(2.0, 3.0, 4.0), origin=(10.0, -20.0, 30.0), angle=0.4) -> np.ndarray:

@@ -12,12 +12,11 @@ import pytest
 from pydicom.dataset import Dataset
 from pydicom.sequence import Sequence
 
+from conftest import shared_data, write_series
 from seganypet import SegAnyPetError
 from seganypet.io import read_pet
 from seganypet.io.dicom_write import AcquisitionInfo
 from seganypet.io.suv import series_scan_time, suvbw_factor
-
-from conftest import shared_data, write_series
 
 F18 = 6586.2
 

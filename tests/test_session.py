@@ -11,13 +11,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import HotVoxelModel, add_sphere, oblique_image
 from seganypet.errors import SegAnyPetError
 from seganypet.infer import CropGeometry, Session, segment_with_model
 from seganypet.io import PetImage
 from seganypet.modeling import PRESETS, build_model
 from seganypet.prompts import Prompts
 
-from conftest import HOT, HotVoxelModel, add_sphere, oblique_image
 
 def dice(a, b):
     return 2 * (a & b).sum() / (a.sum() + b.sum())

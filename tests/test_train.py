@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import write_tiny_dataset
 from seganypet.clicks import centre_of, next_click
 from seganypet.infer import Session
 from seganypet.io import read_pet
 from seganypet.modeling import build_model, load_model, normalise_suv, read_checkpoint
-from conftest import write_tiny_dataset
 from seganypet.train import InteractiveLoss, LoopConfig, TrainConfig, mixed_loss, ramp_up, rectify, train
 
 

@@ -13,8 +13,8 @@ import shutil
 
 import numpy as np
 import pytest
-from conftest import ClickedHotObjectModel
 
+from conftest import ClickedHotObjectModel
 from seganypet.demo import click_inside
 from seganypet.infer import Session
 from seganypet.phantom import PhantomConfig, generate_case

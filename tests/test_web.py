@@ -19,9 +19,9 @@ import httpx
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import HotVoxelModel, add_sphere, oblique_image, write_series
 from fastapi.testclient import TestClient
 
+from conftest import HotVoxelModel, add_sphere, oblique_image, write_series
 from seganypet.infer import Session
 from seganypet.io import PetImage, read_pet, write_nifti
 from seganypet.quant import quantify

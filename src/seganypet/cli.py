@@ -356,6 +356,7 @@ def train(
     lr: Annotated[float, typer.Option("--lr", help="Peak learning rate (AdamW, warm-up then cosine).")] = 4e-4,
     cpcl: Annotated[bool, typer.Option("--cpcl/--no-cpcl", help="Cross-prompting confident learning on noisy cases.")] = True,
     cpcl_k: Annotated[int, typer.Option("--cpcl-k", help="Prompt sets per noisy sample.")] = 5,
+    cpcl_rampup: Annotated[int, typer.Option("--cpcl-rampup", help="Steps over which the CPCL weight ramps up to 1.")] = 2000,
     rounds: Annotated[int, typer.Option("--rounds", help="Click rounds per sample.")] = 4,
     exclude: Annotated[list[str], typer.Option("--exclude", help="Label name or lesion site to leave out (repeatable).")] = [],  # noqa: B006
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -371,10 +372,9 @@ def train(
     if bf16 not in ("auto", "on", "off"):
         raise SegAnyPetError(f"--bf16 must be auto, on or off, not {bf16!r}")
     config = TrainConfig(str(dataset), str(output), size=size, steps=steps, batch=batch, lr=lr, exclude=tuple(exclude),
-                         seed=seed, save_every=save_every, bf16=bf16, init=str(init) if init else None, loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
-    result = run(config, resume=resume)
-    if result.step >= steps:
-        log.info("wrote %s", result.checkpoint)
+                         seed=seed, save_every=save_every, bf16=bf16, cpcl_rampup=cpcl_rampup, init=str(init) if init else None,
+                         loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
+    run(config, resume=resume)
 
 
 if __name__ == "__main__":

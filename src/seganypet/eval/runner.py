@@ -20,13 +20,13 @@ import numpy as np
 from scipy import ndimage
 
 from seganypet.clicks import first_click, jittered_box, next_click
-from seganypet.eval.metrics import dice, equivalent_diameter_mm, nsd, quantity_errors, union_box
 from seganypet.errors import SegAnyPetError
+from seganypet.eval.metrics import dice, equivalent_diameter_mm, nsd, quantity_errors, union_box
 from seganypet.eval.segmenters import Segmenter, make_segmenter
 from seganypet.io import read_pet
 from seganypet.io.write import write_atomic
 from seganypet.progress import track
-from seganypet.train.data import LESION_NAMES, case_targets, label_names, list_cases, read_dataset_json
+from seganypet.train.data import LESION_NAMES, case_targets, label_names, lesion_sites, list_cases, read_dataset_json
 
 log = logging.getLogger(__name__)
 SIZE_GROUPS = (("< 10 mm", 0.0, 10.0), ("10-30 mm", 10.0, 30.0), ("> 30 mm", 30.0, float("inf")))
@@ -49,6 +49,17 @@ class EvalConfig:
 
 def size_group(diameter_mm: float) -> str:
     return next(name for name, lo, hi in SIZE_GROUPS if lo <= diameter_mm < hi)
+
+
+def group_keys(row: dict) -> list[str]:
+    """The summary groups a row counts in: its structure and, for a lesion, its size group and its site
+    (where the dataset's ``metadata/{case}.json`` names one; the unseen-site experiment needs it)."""
+    keys = [row["structure"]]
+    if row["size_group"]:
+        keys.append(f"lesion {row['size_group']}")
+    if row.get("site"):
+        keys.append(f"lesion in {row['site']}")
+    return keys
 
 
 def _truth(labels: np.ndarray, instances: np.ndarray | None, target) -> np.ndarray:
@@ -99,7 +110,8 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
     segmenter.set_image(image)
     rows = []
     wanted = {t.lower() for t in cfg.targets}
-    for index, target in enumerate(case_targets(case, labels, instances, names, {})):
+    sites = lesion_sites(folder / "metadata" / f"{case}.json") if instances is not None else {}
+    for index, target in enumerate(case_targets(case, labels, instances, names, sites)):
         if wanted and target.name.lower() not in wanted:
             continue
         truth = _truth(labels, instances, target)
@@ -107,7 +119,7 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
         diameter = equivalent_diameter_mm(truth, image.spacing)
         base = {"case": case, "structure": target.name, "target": f"{target.name}_{target.value}", "method": segmenter.name,
                 "protocol": cfg.protocol, "diameter_mm": round(diameter, 1),
-                "size_group": size_group(diameter) if target.kind == "instance" else ""}
+                "size_group": size_group(diameter) if target.kind == "instance" else "", "site": target.site or ""}
         rows += [{**base, **row} for row in evaluate_target(segmenter, image, truth, cfg, rng)]
     return rows
 
@@ -136,11 +148,10 @@ def load_rows(out: Path) -> list[dict]:
 
 
 def summarise(rows: list[dict]) -> list[dict]:
-    """Mean (and median) Dice and NSD per method, structure (lesions also per size group) and click count."""
+    """Mean (and median) Dice and NSD per method, structure (lesions also per size group and site) and click count."""
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        keys = [row["structure"]] + ([f"lesion {row['size_group']}"] if row["size_group"] else [])
-        for key in keys:
+        for key in group_keys(row):
             groups.setdefault((row["method"], key, row["clicks"]), []).append(row)
     return [{"method": m, "structure": s, "clicks": c, "n": len(g),
              "dice_mean": float(np.mean([r["dice"] for r in g])), "dice_median": float(np.median([r["dice"] for r in g])),
@@ -169,9 +180,9 @@ def autopet_table(rows: list[dict]) -> str:
     lines = ["| method | cases | Dice @10 | FPV @10 (mL) | FNV @10 (mL) | AUC Dice | AUC FPV | AUC FNV |", "|---|---|---|---|---|---|---|---|"]
     for m in methods:
         last = [r for r in rows if r["method"] == m and r["step"] == 10]
-        mean = lambda k: float(np.mean([r[k] for r in last]))  # noqa: E731
-        lines.append(f"| {m} | {len(last)} | {mean('dice'):.3f} | {mean('fpv_ml'):.2f} | {mean('fnv_ml'):.2f} | "
-                     f"{mean('auc_dice'):.3f} | {mean('auc_fpv_ml'):.2f} | {mean('auc_fnv_ml'):.2f} |")
+        mean = {k: float(np.mean([r[k] for r in last])) for k in ("dice", "fpv_ml", "fnv_ml", "auc_dice", "auc_fpv_ml", "auc_fnv_ml")}
+        lines.append(f"| {m} | {len(last)} | {mean['dice']:.3f} | {mean['fpv_ml']:.2f} | {mean['fnv_ml']:.2f} | "
+                     f"{mean['auc_dice']:.3f} | {mean['auc_fpv_ml']:.2f} | {mean['auc_fnv_ml']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -230,8 +241,7 @@ def plot_results(rows: list[dict], summary: list[dict], out: Path) -> None:
     data, labels = [], []
     for s in structures:
         for m in methods:
-            values = [r["dice"] for r in rows if r["clicks"] == last and r["method"] == m
-                      and (r["structure"] == s or (s.startswith("lesion ") and r["size_group"] and f"lesion {r['size_group']}" == s))]
+            values = [r["dice"] for r in rows if r["clicks"] == last and r["method"] == m and s in group_keys(r)]
             if values:
                 data.append(values)
                 labels.append(f"{s}\n{m}")

@@ -18,7 +18,6 @@ from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
 
 from seganypet.errors import SegAnyPetError
-from seganypet.progress import track
 from seganypet.io.image import PetImage, PetMetadata
 from seganypet.io.suv import (
     half_life_s,
@@ -28,6 +27,7 @@ from seganypet.io.suv import (
     series_scan_time,
     suvbw_factor,
 )
+from seganypet.progress import track
 
 log = logging.getLogger(__name__)
 

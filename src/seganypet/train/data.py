@@ -88,6 +88,17 @@ def list_cases(folder: Path, split: str = "Tr") -> list[str]:
     return cases
 
 
+def lesion_sites(path: Path) -> dict[int, str]:
+    """{instance id: site} from a case's ``metadata/{case}.json`` (empty without one)."""
+    if not path.is_file():
+        return {}
+    try:
+        lesions = json.loads(path.read_text()).get("lesions", [])
+    except json.JSONDecodeError as err:
+        raise SegAnyPetError(f"not valid JSON ({err.msg}, line {err.lineno})", path) from None
+    return {int(les["id"]): les["site"] for les in lesions if les.get("site")}
+
+
 def case_targets(case: str, labels: np.ndarray, instances: np.ndarray | None, names: dict[int, str], sites: dict[int, str]) -> list[TargetRef]:
     lesion_values = [v for v, n in names.items() if n.lower() in LESION_NAMES]
     targets = []
@@ -160,10 +171,7 @@ class TrainingData:
             raise SegAnyPetError(f"label shape {labels.shape} differs from the image's {image.shape}", label_path)
         inst_path = self.folder / f"instances{split}" / f"{case}{ending}"
         instances = np.rint(read_pet(inst_path).array).astype(np.uint16) if inst_path.is_file() else None
-        meta_path = self.folder / "metadata" / f"{case}.json"
-        sites = {}
-        if meta_path.is_file():
-            sites = {int(les["id"]): les.get("site") for les in json.loads(meta_path.read_text()).get("lesions", [])}
+        sites = lesion_sites(self.folder / "metadata" / f"{case}.json")
         for suffix, array in (("suv", image.array.astype(np.float16)), ("seg", labels.astype(np.uint8 if labels.max() < 256 else np.uint16)),
                               ("spacing", image.spacing)):
             _save_npy(self.cache / f"{case}.{suffix}.npy", array)

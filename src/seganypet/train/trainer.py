@@ -177,9 +177,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     final = out / "model.pt"
     if rank == 0 and step >= cfg.steps:
         save_checkpoint(model, final, {"steps": step, "train_config": json.dumps(dataclasses.asdict(cfg))}, half=True)
+        log.info("wrote %s", final)
     if world > 1:
         dist.barrier()
-    if stop["now"]:
+    if stop["now"] and rank == 0:
         log.info("stopped at step %d; continue with --resume", step)
     return TrainResult(final, model, step)
 
