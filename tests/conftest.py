@@ -96,6 +96,17 @@ def write_tiny_dataset(folder: Path, cases: int = 2, noisy: tuple[str, ...] = ()
     return folder
 
 
+def add_lesion_sites(folder: Path, sites: dict[str, str]) -> None:
+    """Give each tiny-dataset case's lesion an instance file (id 1) and a site in ``metadata/{case}.json``."""
+    (folder / "instancesTr").mkdir(exist_ok=True)
+    (folder / "metadata").mkdir(exist_ok=True)
+    for case, site in sites.items():
+        labels = nib.load(folder / "labelsTr" / f"{case}.nii.gz")
+        instances = (np.asarray(labels.dataobj) == 2).astype(np.uint8)
+        nib.save(nib.Nifti1Image(instances, labels.affine), folder / "instancesTr" / f"{case}.nii.gz")
+        (folder / "metadata" / f"{case}.json").write_text(json.dumps({"lesions": [{"id": 1, "site": site}]}))
+
+
 # ---- a stand-in model whose prediction is known exactly: the crop's hot voxels -------------------
 HOT = 4.0  # SUV inside the test objects; log1p(4) = 1.61
 THRESHOLD = float(normalise_suv(np.float32(HOT / 2)))

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
-from conftest import write_tiny_dataset
+from conftest import add_lesion_sites, write_tiny_dataset
 from seganypet.baselines import segment_classical
 from seganypet.clicks import centre_of, first_click, jittered_box, next_click
 from seganypet.eval import EvalConfig, area_under_curve, dice, false_volumes, nsd, run_evaluation
@@ -131,13 +130,7 @@ def test_autopet_protocol_clicks_lesion_centres_and_hot_spots():
 
 def test_lesions_are_also_summarised_by_the_site_their_metadata_names(tmp_path):
     data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
-    (data / "instancesTr").mkdir()
-    (data / "metadata").mkdir()
-    for case, site in (("case0", "bone"), ("case1", "liver")):
-        labels = nib.load(data / "labelsTr" / f"{case}.nii.gz")
-        instances = (np.asarray(labels.dataobj) == 2).astype(np.uint8)
-        nib.save(nib.Nifti1Image(instances, labels.affine), data / "instancesTr" / f"{case}.nii.gz")
-        (data / "metadata" / f"{case}.json").write_text(json.dumps({"lesions": [{"id": 1, "site": site}]}))
+    add_lesion_sites(data, {"case0": "bone", "case1": "liver"})
     run_evaluation(EvalConfig(str(data), str(tmp_path / "eval"), "pct41", clicks=(1,), split="Tr"))
     result = json.loads((tmp_path / "eval" / "results.json").read_text())
     lesion = {r["case"]: r for r in result["rows"] if r["structure"] == "lesion"}

@@ -12,12 +12,13 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_tiny_dataset
+from conftest import add_lesion_sites, write_tiny_dataset
 from seganypet.clicks import centre_of, next_click
 from seganypet.infer import Session
 from seganypet.io import read_pet
 from seganypet.modeling import build_model, load_model, normalise_suv, read_checkpoint
 from seganypet.train import InteractiveLoss, LoopConfig, TrainConfig, mixed_loss, ramp_up, rectify, train
+from seganypet.train.data import TrainingData
 
 
 def fixed_batch(model):
@@ -141,3 +142,15 @@ def test_two_processes_with_gloo_end_with_identical_parameters(tmp_path):
     assert any(not torch.equal(r0[k], initial[k]) for k in r0)  # they trained
     for key in r0:
         assert torch.equal(r0[key], r1[key]), key
+
+
+def test_left_out_classes_and_lesion_sites_are_not_trained_on_even_from_noisy_labels(tmp_path):
+    """The unseen-target experiment: ``exclude`` drops an organ class and a lesion site. A noisy case's
+    lesions are its label's components; they keep the site of the clean lesion they overlap."""
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny", noisy=("case1",))
+    add_lesion_sites(data, {"case0": "liver", "case1": "bone"})
+    everything = TrainingData(data, tmp_path / "cache")
+    assert {(t.case, t.name, t.site) for t in everything.targets} == {
+        ("case0", "organ", None), ("case0", "lesion", "liver"), ("case1", "organ", None), ("case1", "lesion", "bone")}
+    without = TrainingData(data, tmp_path / "cache", exclude=("organ", "bone"))
+    assert [(t.case, t.name, t.site) for t in without.targets] == [("case0", "lesion", "liver")]

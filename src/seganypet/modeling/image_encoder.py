@@ -68,5 +68,6 @@ class ImageEncoderViT3D(nn.Module):
         for block in self.blocks:
             x = block(x)
         b, g = x.shape[0], self.grid
-        x = self.norm(x).transpose(1, 2).reshape(b, -1, g, g, g)
+        # contiguous: a strided (channels-last) input gives the 1x1 conv strided weight grads, which DDP copies each step
+        x = self.norm(x).transpose(1, 2).contiguous().reshape(b, -1, g, g, g)
         return self.neck(x)

@@ -99,7 +99,13 @@ def lesion_sites(path: Path) -> dict[int, str]:
     return {int(les["id"]): les["site"] for les in lesions if les.get("site")}
 
 
-def case_targets(case: str, labels: np.ndarray, instances: np.ndarray | None, names: dict[int, str], sites: dict[int, str]) -> list[TargetRef]:
+def case_targets(case: str, labels: np.ndarray, instances: np.ndarray | None, names: dict[int, str], sites: dict[int, str],
+                 site_instances: np.ndarray | None = None) -> list[TargetRef]:
+    """Every organ class and every lesion of one case. Lesions are ``instances`` or, without them, the
+    components of the lesion label; a lesion's site is that of the ``site_instances`` id (default:
+    ``instances``) it overlaps most, so the components of a noisy label keep the sites of the clean
+    lesions they came from and a left-out site stays left out."""
+    site_instances = instances if site_instances is None else site_instances
     lesion_values = [v for v, n in names.items() if n.lower() in LESION_NAMES]
     targets = []
     for value, name in names.items():
@@ -118,9 +124,12 @@ def case_targets(case: str, labels: np.ndarray, instances: np.ndarray | None, na
             if local.sum() >= MIN_TARGET_VOXELS:
                 lo = [s.start for s in box]
                 coords = np.argwhere(local) + lo
+                owners = site_instances[box][local] if site_instances is not None else np.zeros(0, int)
+                owners = owners[owners > 0]
+                site = sites.get(int(np.bincount(owners).argmax())) if owners.size else None
                 targets.append(TargetRef(case, "instance", index, "lesion",
                                          (tuple(int(v) for v in coords.min(0)), tuple(int(v) for v in coords.max(0))),
-                                         int(local.sum()), sites.get(index)))
+                                         int(local.sum()), site))
     return targets
 
 
@@ -159,7 +168,7 @@ class TrainingData:
                  sum(t.kind == "instance" for t in self.targets), sum(self.noisy.values()))
 
     def _cache_case(self, case: str, ending: str, labels_dir: str, split: str) -> list[TargetRef]:
-        index = self.cache / f"{case}.{labels_dir}.targets.json"
+        index = self.cache / f"{case}.{labels_dir}.targets-v2.json"  # v2: noisy lesions carry sites
         if index.is_file():
             return [TargetRef(**{**t, "bbox": tuple(map(tuple, t["bbox"]))}) for t in json.loads(index.read_text())]
         image = read_pet(self.folder / f"images{split}" / f"{case}_0000{ending}")
@@ -179,7 +188,7 @@ class TrainingData:
             _save_npy(self.cache / f"{case}.inst.npy", instances)
         # instances belong to the clean truth; with noisy labels, lesions are the label's own components
         use_instances = instances if labels_dir == f"labels{split}" and not self.noisy.get(case) else None
-        targets = case_targets(case, labels, use_instances, self.names, sites if use_instances is not None else {})
+        targets = case_targets(case, labels, use_instances, self.names, sites, site_instances=instances)
         payload = json.dumps([t.__dict__ for t in targets])
         write_atomic(index, lambda tmp: tmp.write_text(payload))
         return targets
