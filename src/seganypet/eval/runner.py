@@ -110,7 +110,7 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
     segmenter.set_image(image)
     rows = []
     wanted = {t.lower() for t in cfg.targets}
-    sites = lesion_sites(folder / "metadata" / f"{case}.json") if instances is not None else {}
+    sites = lesion_sites(folder / "metadata" / f"{case}.json")  # used only where instances name the lesions
     for index, target in enumerate(case_targets(case, labels, instances, names, sites)):
         if wanted and target.name.lower() not in wanted:
             continue

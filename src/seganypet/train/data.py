@@ -96,7 +96,7 @@ def lesion_sites(path: Path) -> dict[int, str]:
         lesions = json.loads(path.read_text()).get("lesions", [])
     except json.JSONDecodeError as err:
         raise SegAnyPetError(f"not valid JSON ({err.msg}, line {err.lineno})", path) from None
-    return {int(les["id"]): les["site"] for les in lesions if les.get("site")}
+    return {int(les["id"]): les["site"] for les in lesions if isinstance(les, dict) and "id" in les and les.get("site")}
 
 
 def case_targets(case: str, labels: np.ndarray, instances: np.ndarray | None, names: dict[int, str], sites: dict[int, str],
