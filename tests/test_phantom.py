@@ -100,3 +100,10 @@ def test_nnunet_folder_is_complete_and_noise_is_at_the_asked_rate(tmp_path):
     before = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
     write_phantom_dataset(out, n_train=4, n_test=1, seed=40, noisy_rate=0.5, config=FAST)
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    # two worker processes write the same cases
+    again = write_phantom_dataset(tmp_path / "Dataset901_Phantom", n_train=4, n_test=1, seed=40, noisy_rate=0.5,
+                                  config=FAST, workers=2)
+    assert json.loads((again / "dataset.json").read_text())["seganypet"]["label_quality"] == quality
+    for path in before:
+        other = again / path.relative_to(out)
+        assert np.array_equal(np.asarray(nib.load(path).dataobj), np.asarray(nib.load(other).dataobj)), path.name

@@ -237,6 +237,7 @@ def phantom(
     dicom: Annotated[bool, typer.Option("--dicom", help="Also write each case as a PET DICOM series.")] = False,
     mip: Annotated[bool, typer.Option("--mip", help="Also write a coronal MIP PNG per case.")] = False,
     scanner: Annotated[Optional[str], typer.Option("--scanner", help="Scanner matrix/voxel preset (default: drawn per case).")] = None,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Cases generated in parallel (processes).")] = 1,
 ) -> None:
     """Generate synthetic whole-body FDG PET cases with ground truth."""
     from seganypet.phantom import PhantomConfig
@@ -249,7 +250,7 @@ def phantom(
         raise SegAnyPetError(f"--noisy-labels must be between 0 and 1, got {noisy_labels}")
     if scanner is not None and scanner not in SCANNERS:
         raise SegAnyPetError(f"unknown scanner {scanner!r}; choose one of {', '.join(SCANNERS)}")
-    write_phantom_dataset(output, cases, test_cases, seed, noisy_labels, dicom, mip, PhantomConfig(scanner=scanner))
+    write_phantom_dataset(output, cases, test_cases, seed, noisy_labels, dicom, mip, PhantomConfig(scanner=scanner), max(1, workers))
     log.info("wrote %d + %d cases to %s", cases, test_cases, output)
 
 
@@ -364,6 +365,8 @@ def train(
     bf16: Annotated[str, typer.Option("--bf16", help="auto, on or off.")] = "auto",
     resume: Annotated[bool, typer.Option("--resume", help="Continue the run in OUTPUT from its last checkpoint.")] = False,
     init: Annotated[Path | None, typer.Option("--init", help="Start from these weights (fine-tune a checkpoint).")] = None,
+    warmup: Annotated[int, typer.Option("--warmup", help="Steps of linear learning-rate warm-up.")] = 300,
+    workers: Annotated[int, typer.Option("--workers", "-j", help="Processes that cache cases and prepare batches (0: in the training process).")] = 0,
 ) -> None:
     """Train the promptable model with simulated clicks (and CPCL); run under torchrun for several processes."""
     from seganypet.train import LoopConfig, TrainConfig
@@ -373,6 +376,7 @@ def train(
         raise SegAnyPetError(f"--bf16 must be auto, on or off, not {bf16!r}")
     config = TrainConfig(str(dataset), str(output), size=size, steps=steps, batch=batch, lr=lr, exclude=tuple(exclude),
                          seed=seed, save_every=save_every, bf16=bf16, cpcl_rampup=cpcl_rampup, init=str(init) if init else None,
+                         warmup=warmup, workers=max(0, workers),
                          loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
     run(config, resume=resume)
 

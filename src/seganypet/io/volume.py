@@ -12,7 +12,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import SimpleITK as sitk
 
 from seganypet.errors import SegAnyPetError
 from seganypet.io.image import PetImage, PetMetadata
@@ -47,6 +46,8 @@ def read_volume(path: str | Path) -> PetImage:
             array = np.asarray(img.dataobj, dtype=np.float32)
             affine, space = img.affine.astype(float), "RAS"
         else:
+            import SimpleITK as sitk  # NRRD/MHA only; a heavy import that NIfTI work does without
+
             img = sitk.ReadImage(str(path))
             if img.GetNumberOfComponentsPerPixel() != 1:
                 raise SegAnyPetError(f"{img.GetNumberOfComponentsPerPixel()} components per voxel: expected one", path)

@@ -18,6 +18,7 @@ Cases already written are skipped, so an interrupted run resumes where it stoppe
 from __future__ import annotations
 
 import json
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
@@ -87,17 +88,25 @@ def write_phantom_dataset(
     dicom: bool = False,
     mip: bool = False,
     config: PhantomConfig | None = None,
+    workers: int = 1,
 ) -> Path:
-    """Generate ``n_train`` + ``n_test`` cases (seeds ``seed``, ``seed + 1``, ...) into ``out``."""
+    """Generate ``n_train`` + ``n_test`` cases (seeds ``seed``, ``seed + 1``, ...) into ``out``; each case
+    depends on its seed alone, so ``workers`` processes write the same files as one."""
     out = Path(out)
     train = list(range(seed, seed + n_train))
     test = list(range(seed + n_train, seed + n_train + n_test))
     noisy = noisy_seeds(train, noisy_rate, seed)
-    jobs = [(s, "Tr") for s in train] + [(s, "Ts") for s in test]
-    for s, split in track(jobs, "generating phantoms", total=len(jobs)):
-        if (out / f"images{split}" / f"{case_name(s)}_0000.nii.gz").exists():
-            continue
-        write_case(out, s, split, s in noisy, dicom, mip, config)
+    jobs = [(s, split) for s, split in [(s, "Tr") for s in train] + [(s, "Ts") for s in test]
+            if not (out / f"images{split}" / f"{case_name(s)}_0000.nii.gz").exists()]
+    args = [[out] * len(jobs), [s for s, _ in jobs], [split for _, split in jobs], [s in noisy for s, _ in jobs],
+            [dicom] * len(jobs), [mip] * len(jobs), [config] * len(jobs)]
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
+            for _ in track(pool.map(write_case, *args), "generating phantoms", total=len(jobs)):
+                pass
+    else:
+        for _ in track(map(write_case, *args), "generating phantoms", total=len(jobs)):
+            pass
     dataset = {
         "name": out.name,
         "description": "seganypet synthetic whole-body FDG PET phantoms (SUVbw)",

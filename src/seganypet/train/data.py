@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -143,7 +144,7 @@ class TrainingData:
     """Cases of one nnU-Net dataset, cached, with their targets; samples crops the way the session does."""
 
     def __init__(self, folder: str | Path, cache: str | Path, exclude: tuple[str, ...] = (), split: str = "Tr",
-                 labels_folder: str | None = None) -> None:
+                 labels_folder: str | None = None, workers: int = 1) -> None:
         self.folder, self.cache = Path(folder), Path(cache)
         self.meta = read_dataset_json(self.folder)
         self.names = label_names(self.meta)
@@ -151,15 +152,19 @@ class TrainingData:
         self.noisy = label_quality(self.folder, self.meta, self.cases)
         ending = self.meta.get("file_ending", ".nii.gz")
         self.cache.mkdir(parents=True, exist_ok=True)
-        self.targets: list[TargetRef] = []
+        self._arrays: dict[str, CaseArrays] = {}
         labels_dir = labels_folder or f"labels{split}"
-        for case in track(self.cases, "caching cases"):
-            self.targets += self._cache_case(case, ending, labels_dir, split)
+        jobs = [self.cases, [ending] * len(self.cases), [labels_dir] * len(self.cases), [split] * len(self.cases)]
+        if workers > 1:  # each case is read and indexed on its own, so the cache does not depend on workers
+            with ProcessPoolExecutor(workers) as pool:
+                per_case = list(track(pool.map(self._cache_case, *jobs), "caching cases", total=len(self.cases)))
+        else:
+            per_case = list(track(map(self._cache_case, *jobs), "caching cases", total=len(self.cases)))
+        self.targets: list[TargetRef] = [t for targets in per_case for t in targets]
         excluded = {e.lower() for e in exclude}
         self.targets = [t for t in self.targets if t.name.lower() not in excluded and (t.site or "").lower() not in excluded]
         if not self.targets:
             raise SegAnyPetError("no targets to train on (all excluded, or labels empty)", self.folder)
-        self._arrays: dict[str, CaseArrays] = {}
         by_case: dict[str, list[TargetRef]] = {}
         for t in self.targets:
             by_case.setdefault(t.case, []).append(t)
@@ -192,6 +197,10 @@ class TrainingData:
         payload = json.dumps([t.__dict__ for t in targets])
         write_atomic(index, lambda tmp: tmp.write_text(payload))
         return targets
+
+    def __getstate__(self) -> dict:
+        """Worker processes open their own memory maps instead of being sent copies of the arrays."""
+        return {**self.__dict__, "_arrays": {}}
 
     def arrays(self, case: str) -> CaseArrays:
         if case not in self._arrays:

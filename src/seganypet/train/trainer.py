@@ -50,6 +50,7 @@ class TrainConfig:
     cpcl_rampup: int = 2000
     cpcl_weight: float = 1.0
     init: str | None = None  # start from these weights (fine-tuning, e.g. the shipped checkpoint)
+    workers: int = 0  # processes that cache cases and prepare batches; 0: the training process does it
     loop: LoopConfig = field(default_factory=LoopConfig)
 
 
@@ -61,12 +62,32 @@ def _distributed() -> tuple[int, int]:
     return dist.get_rank(), dist.get_world_size()
 
 
-def _batch(data: TrainingData, config, cfg: TrainConfig, rng: np.random.Generator, device):
-    samples = [sample_crop(data, config, rng, cfg.lesion_fraction) for _ in range(cfg.batch)]
-    crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None].to(device)
-    targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None].to(device)
-    noisy = torch.tensor([s.noisy for s in samples], device=device)
-    return crops, targets, noisy, [s.click for s in samples]
+class StepBatches(torch.utils.data.Dataset):
+    """Item ``s``: the batch of step ``s`` on this rank and the seed of its click simulation, drawn from
+    ``(seed, rank, s)`` alone, so batches are the same with any number of loader workers and after a resume."""
+
+    def __init__(self, data: TrainingData, config, cfg: TrainConfig, rank: int) -> None:
+        self.data, self.config, self.cfg, self.rank = data, config, cfg, rank
+
+    def __len__(self) -> int:
+        return self.cfg.steps
+
+    def __getitem__(self, step: int):
+        rng = np.random.default_rng([self.cfg.seed, self.rank, step])
+        samples = [sample_crop(self.data, self.config, rng, self.cfg.lesion_fraction) for _ in range(self.cfg.batch)]
+        crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None]
+        targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None]
+        noisy = torch.tensor([s.noisy for s in samples])
+        return crops, targets, noisy, [s.click for s in samples], int(rng.integers(2**31))
+
+
+def _batches(data: TrainingData, config, cfg: TrainConfig, rank: int, start: int, device):
+    """Batches of steps ``start``... in order, prepared ``cfg.workers`` at a time in worker processes."""
+    loader = torch.utils.data.DataLoader(
+        StepBatches(data, config, cfg, rank), batch_size=None, sampler=range(start, cfg.steps), num_workers=cfg.workers,
+        pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers else None)
+    for crops, targets, noisy, clicks, loop_seed in loader:
+        yield crops.to(device, non_blocking=True), targets.to(device, non_blocking=True), noisy.to(device), clicks, loop_seed
 
 
 def _schedule(cfg: TrainConfig):
@@ -107,7 +128,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.size not in PRESETS:
         raise SegAnyPetError(f"unknown model size {cfg.size!r}; choose one of {', '.join(PRESETS)}")
-    data = TrainingData(cfg.dataset, out / "cache", cfg.exclude) if rank == 0 else None
+    data = TrainingData(cfg.dataset, out / "cache", cfg.exclude, workers=cfg.workers) if rank == 0 else None
     if world > 1:
         dist.barrier()  # rank 0 fills the cache first
         data = data or TrainingData(cfg.dataset, out / "cache", cfg.exclude)
@@ -144,14 +165,14 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     from seganypet.progress import training_bar
 
     started, first_step, samples = time.perf_counter(), step, 0
+    batches = _batches(data, model.config, cfg, rank, step, device)
     with training_bar(cfg.steps, step, enabled=rank == 0) as bar:
         try:
             while step < cfg.steps and not stop["now"]:
-                rng = np.random.default_rng([cfg.seed, rank, step])
-                crops, targets, noisy, clicks = _batch(data, model.config, cfg, rng, device)
+                crops, targets, noisy, clicks, loop_seed = next(batches)
                 weight = cfg.cpcl_weight * ramp_up(step, cfg.cpcl_rampup)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss, stats = wrapped(crops, targets, noisy, int(rng.integers(2**31)), weight, clicks)
+                    loss, stats = wrapped(crops, targets, noisy, loop_seed, weight, clicks)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
