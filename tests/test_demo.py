@@ -11,4 +11,6 @@ def test_demo_writes_masks_report_and_picture(tmp_path):
     report = json.loads((tmp_path / "report.json").read_text())
     assert len(report["structures"]) == len(result["dice"]) >= 1
     # one click on the phantom's largest lesion outlines it (the bound is loose: a classical method, noisy PET)
-    assert max(result["dice"].values()) > 0.5
+    assert max(d for name, d in result["dice"].items() if name.startswith("lesion")) > 0.5
+    # one click on the liver, and the shipped model outlines it (held-out liver Dice at 1 click: 0.69-0.96)
+    assert result["dice"]["liver"] > 0.6

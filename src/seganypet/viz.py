@@ -6,6 +6,7 @@ viewer's left, head up), whatever the file's own orientation.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -76,7 +77,7 @@ def save_mip_png(
         planes = {(names or {}).get(i, str(i)): (lab == i).any(axis=1) for i in ids}
         _draw_labels(ax, planes, extent)
         ax.legend(loc="upper right", fontsize=6, frameon=True, framealpha=0.7)
-    ax.set_title(title or "coronal MIP (SUV 0-%g)" % suv_max, fontsize=9)
+    ax.set_title(textwrap.fill(title or "coronal MIP (SUV 0-%g)" % suv_max, 44), fontsize=9)  # long method names wrap
     ax.text(2, height - 2, "R", va="top", fontsize=9)
     ax.text(width - 2, height - 2, "L", va="top", ha="right", fontsize=9)
     ax.set_axis_off()
