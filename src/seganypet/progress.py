@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager, nullcontext
 from typing import TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -24,6 +25,17 @@ def track(items: Iterable[T], description: str, total: int | None = None) -> Ite
     )
     with Progress(*columns, transient=True, disable=quiet) as progress:
         yield from progress.track(items, total=total, description=description)
+
+
+def track_map(fn: Callable[..., T], items: Iterable, description: str, workers: int = 1) -> list[T]:
+    """``[fn(item) for item in items]`` with a progress bar, in ``workers`` processes when more than one
+    (``fn`` and the items must pickle); for jobs that each depend on their item alone, so the result
+    does not depend on ``workers``."""
+    items = list(items)
+    parallel = workers > 1 and len(items) > 1
+    with ProcessPoolExecutor(min(workers, len(items))) if parallel else nullcontext() as pool:
+        results = pool.map(fn, items) if pool else map(fn, items)
+        return list(track(results, description, total=len(items)))
 
 
 class _TrainingBar:

@@ -18,8 +18,8 @@ Cases already written are skipped, so an interrupted run resumes where it stoppe
 from __future__ import annotations
 
 import json
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from seganypet.io.dicom_write import write_pet_dicom
 from seganypet.io.write import write_atomic, write_nifti
 from seganypet.phantom.generate import LABELS, PhantomConfig, generate_case
 from seganypet.phantom.noise import corrupt_labels
-from seganypet.progress import track
+from seganypet.progress import track_map
 
 INSTANCES_DIR = {"Tr": "instancesTr", "Ts": "instancesTs"}
 
@@ -79,6 +79,11 @@ def write_case(out: Path, seed: int, split: str, noisy: bool, dicom: bool, mip: 
     return meta
 
 
+def _write_job(out: Path, dicom: bool, mip: bool, config: PhantomConfig | None, job: tuple[int, str, bool]) -> dict:
+    seed, split, noisy = job
+    return write_case(out, seed, split, noisy, dicom, mip, config)
+
+
 def write_phantom_dataset(
     out: str | Path,
     n_train: int,
@@ -96,17 +101,9 @@ def write_phantom_dataset(
     train = list(range(seed, seed + n_train))
     test = list(range(seed + n_train, seed + n_train + n_test))
     noisy = noisy_seeds(train, noisy_rate, seed)
-    jobs = [(s, split) for s, split in [(s, "Tr") for s in train] + [(s, "Ts") for s in test]
+    jobs = [(s, split, s in noisy) for s, split in [(s, "Tr") for s in train] + [(s, "Ts") for s in test]
             if not (out / f"images{split}" / f"{case_name(s)}_0000.nii.gz").exists()]
-    args = [[out] * len(jobs), [s for s, _ in jobs], [split for _, split in jobs], [s in noisy for s, _ in jobs],
-            [dicom] * len(jobs), [mip] * len(jobs), [config] * len(jobs)]
-    if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(min(workers, len(jobs))) as pool:
-            for _ in track(pool.map(write_case, *args), "generating phantoms", total=len(jobs)):
-                pass
-    else:
-        for _ in track(map(write_case, *args), "generating phantoms", total=len(jobs)):
-            pass
+    track_map(partial(_write_job, out, dicom, mip, config), jobs, "generating phantoms", workers)
     dataset = {
         "name": out.name,
         "description": "seganypet synthetic whole-body FDG PET phantoms (SUVbw)",

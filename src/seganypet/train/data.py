@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import json
 import logging
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from seganypet.infer.crop import CropGeometry
 from seganypet.io import read_pet
 from seganypet.io.write import write_atomic
 from seganypet.modeling import ModelConfig
-from seganypet.progress import track
+from seganypet.progress import track_map
 
 log = logging.getLogger(__name__)
 LESION_NAMES = ("lesion", "lesions", "tumor", "tumour")
@@ -154,12 +154,8 @@ class TrainingData:
         self.cache.mkdir(parents=True, exist_ok=True)
         self._arrays: dict[str, CaseArrays] = {}
         labels_dir = labels_folder or f"labels{split}"
-        jobs = [self.cases, [ending] * len(self.cases), [labels_dir] * len(self.cases), [split] * len(self.cases)]
-        if workers > 1:  # each case is read and indexed on its own, so the cache does not depend on workers
-            with ProcessPoolExecutor(workers) as pool:
-                per_case = list(track(pool.map(self._cache_case, *jobs), "caching cases", total=len(self.cases)))
-        else:
-            per_case = list(track(map(self._cache_case, *jobs), "caching cases", total=len(self.cases)))
+        cache_case = partial(self._cache_case, ending=ending, labels_dir=labels_dir, split=split)
+        per_case = track_map(cache_case, self.cases, "caching cases", workers)
         self.targets: list[TargetRef] = [t for targets in per_case for t in targets]
         excluded = {e.lower() for e in exclude}
         self.targets = [t for t in self.targets if t.name.lower() not in excluded and (t.site or "").lower() not in excluded]
