@@ -21,6 +21,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 
@@ -57,8 +59,6 @@ def main() -> None:
                      "batch_per_process": args.batch, "loader_workers": args.workers, "steps": log[-1]["step"],
                      "samples_per_s": round(log[-1]["samples_per_s"], 3)})
     shutil.rmtree(work, ignore_errors=True)
-    import torch
-
     report("train_throughput_gpu" if torch.cuda.is_available() else "train_throughput", rows, {"dataset": args.dataset})
 
 

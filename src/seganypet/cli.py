@@ -250,7 +250,7 @@ def phantom(
         raise SegAnyPetError(f"--noisy-labels must be between 0 and 1, got {noisy_labels}")
     if scanner is not None and scanner not in SCANNERS:
         raise SegAnyPetError(f"unknown scanner {scanner!r}; choose one of {', '.join(SCANNERS)}")
-    write_phantom_dataset(output, cases, test_cases, seed, noisy_labels, dicom, mip, PhantomConfig(scanner=scanner), max(1, workers))
+    write_phantom_dataset(output, cases, test_cases, seed, noisy_labels, dicom, mip, PhantomConfig(scanner=scanner), workers)
     log.info("wrote %d + %d cases to %s", cases, test_cases, output)
 
 

@@ -155,10 +155,9 @@ class TrainingData:
         self._arrays: dict[str, CaseArrays] = {}
         labels_dir = labels_folder or f"labels{split}"
         cache_case = partial(self._cache_case, ending=ending, labels_dir=labels_dir, split=split)
-        per_case = track_map(cache_case, self.cases, "caching cases", workers)
-        self.targets: list[TargetRef] = [t for targets in per_case for t in targets]
         excluded = {e.lower() for e in exclude}
-        self.targets = [t for t in self.targets if t.name.lower() not in excluded and (t.site or "").lower() not in excluded]
+        self.targets: list[TargetRef] = [t for targets in track_map(cache_case, self.cases, "caching cases", workers) for t in targets
+                                         if t.name.lower() not in excluded and (t.site or "").lower() not in excluded]
         if not self.targets:
             raise SegAnyPetError("no targets to train on (all excluded, or labels empty)", self.folder)
         by_case: dict[str, list[TargetRef]] = {}
