@@ -119,6 +119,29 @@ def test_kill_and_resume_continues_the_same_run(tmp_path):
     assert a["scheduler"]["last_epoch"] == b["scheduler"]["last_epoch"]
 
 
+def test_sigterm_to_the_whole_process_group_stops_cleanly_with_loader_workers(tmp_path):
+    """A scheduler (or `pkill`, or Ctrl-C's terminal cousin) signals every process of the job, loader
+    workers included: the run must still write its checkpoint and say how to resume, not crash."""
+    import signal
+    import time
+
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
+    out = tmp_path / "run"
+    command = [sys.executable, "-m", "seganypet.cli", "train", "-d", str(data), "-o", str(out), "--size", "test",
+               "--steps", "100000", "--batch", "1", "--rounds", "1", "--bf16", "off", "-j", "2"]
+    job = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                           env={**os.environ, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 240
+    while not (out / "log.jsonl").is_file() and job.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the first log line: training (and the loader workers) are running
+    assert job.poll() is None, job.stderr.read()[-2000:]
+    os.killpg(job.pid, signal.SIGTERM)
+    _, stderr = job.communicate(timeout=120)
+    assert job.returncode == 0, stderr[-2000:]
+    assert "stopped at step" in stderr and "--resume" in stderr, stderr[-2000:]
+    assert 25 <= read_checkpoint(out / "last.pt")["step"] < 100000
+
+
 def test_two_processes_with_gloo_end_with_identical_parameters(tmp_path):
     if shutil.which("torchrun") is None and not (Path(sys.executable).parent / "torchrun").exists():
         pytest.skip("torchrun is not installed")

@@ -81,11 +81,18 @@ class StepBatches(torch.utils.data.Dataset):
         return crops, targets, noisy, [s.click for s in samples], int(rng.integers(2**31))
 
 
+def _ignore_sigterm(_worker_id: int) -> None:
+    """Loader workers leave SIGTERM to the training process: a scheduler or ``pkill`` signals the whole
+    process group, and a worker dying of it first would crash the run before it saves. The training
+    process stops after its current step and shuts the workers down itself."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _batches(data: TrainingData, config, cfg: TrainConfig, rank: int, start: int, device):
     """Batches of steps ``start``... in order, prepared ``cfg.workers`` at a time in worker processes."""
     loader = torch.utils.data.DataLoader(
         StepBatches(data, config, cfg, rank), batch_size=None, sampler=range(start, cfg.steps), num_workers=cfg.workers,
-        pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers else None)
+        pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers else None, worker_init_fn=_ignore_sigterm)
     for crops, targets, noisy, clicks, loop_seed in loader:
         yield crops.to(device, non_blocking=True), targets.to(device, non_blocking=True), noisy.to(device), clicks, loop_seed
 
