@@ -7,6 +7,8 @@ caching and undo run the real (untrained) test-size model.
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -101,6 +103,29 @@ def test_auto_zoom_grows_the_window_for_an_object_larger_than_one_crop():
     no_zoom.set_image(image)
     no_zoom.add_point((60, 60, 45))
     assert no_zoom.mask.sum() <= 32**3 < 0.5 * truth.sum()  # one crop alone cannot hold it
+
+
+def test_a_target_that_fits_the_finest_crop_stays_there_and_a_larger_one_moves_to_the_model_scale():
+    """With a model trained down to half its spacing, a small lesion is segmented in the fine crop; a
+    large object clicked the same way runs out of it and is followed out to a window that holds it."""
+    image = PetImage(np.full((120, 120, 90), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    lesion = add_sphere(image, image.voxel_to_world([[30.0, 30.0, 45.0]])[0], 6.0)
+    organ = add_sphere(image, image.voxel_to_world([[80.0, 80.0, 45.0]])[0], 90.0) & ~lesion
+    model = HotVoxelModel()
+    model.config = dataclasses.replace(model.config, min_zoom=0.5)
+    session = Session(model, max_zoom=4.0)
+    session.set_image(image)
+    small = session.add_point((30, 30, 45))
+    assert small.crop.step[0] * 4.0 / model.config.spacing_mm == pytest.approx(0.5)  # 2 mm crop voxels
+    assert dice(session.mask, lesion) > 0.9
+    session.add_point((31, 30, 45))  # a second click inside it keeps the fine crop (and its embedding)
+    assert session._current.crop == small.crop
+    session.new_target()
+    large = session.add_point((80, 80, 45))
+    assert large.crop.step[0] * 4.0 / model.config.spacing_mm > 1  # wider than one crop at the model scale
+    assert dice(session.mask, organ) > 0.9
+    session.add_point((60, 80, 45))  # once out of the fine crop, a click near the centre does not go back
+    assert session._current.crop.step[0] * 4.0 / model.config.spacing_mm >= 1
 
 
 def test_targets_keep_their_own_labels():

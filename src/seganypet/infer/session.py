@@ -67,8 +67,13 @@ class _Step:
 class Session:
     """``Session(model)`` then ``set_image(image)``, then prompts; ``mask`` is the current target's mask.
 
-    ``max_zoom``: how far the crop may be zoomed out (as a multiple of the model's spacing) for
-    targets larger than one crop (nnInteractive's AutoZoom idea).
+    Two scales. While a target fits it, the target is segmented in the finest crop the model was
+    trained at (``config.min_zoom`` of its spacing: 1 mm for the small model), centred on the prompts,
+    so a 1 cm lesion is outlined at 1 mm rather than on the 6 mm mask grid of the model's own scale.
+    Once a prediction there runs into the crop's border, that prediction is dropped (cut off, it would
+    be a wrong mask prompt) and the target is segmented from then on at the model's scale or wider:
+    ``max_zoom`` times its spacing at most, the window refitted while the mask runs out of it
+    (nnInteractive's AutoZoom).
     """
 
     def __init__(self, model: SegAnyPet | None = None, device: str | torch.device = "cpu", max_zoom: float = 4.0) -> None:
@@ -198,14 +203,30 @@ class Session:
         zoom = float(np.clip(extent_mm.max() / (FIT_FRACTION * config.field_of_view_mm), min_zoom, self.max_zoom))
         return CropGeometry.centred((lo + hi) / 2, self.image.spacing, config.spacing_mm * zoom, config.crop_size)
 
-    def _choose_crop(self, target: Target) -> CropGeometry:
+    def _zoom(self, crop: CropGeometry) -> float:
+        """The crop's voxel size as a multiple of the model's spacing."""
+        return float(crop.step[0] * self.image.spacing[0] / self.model.config.spacing_mm)
+
+    def _keeps(self, target: Target) -> bool:
+        """Whether every prompt lies inside the target's crop, away from its edge."""
         crop = target.crop
-        if crop is not None:
-            size, margin = crop.size, KEEP_MARGIN * crop.size
-            prompts = [p for p, _ in target.points] + (list(target.box) if target.box is not None else [])
-            inside = all(np.all((c := crop.to_crop(p)) >= margin) and np.all(c <= size - 1 - margin) for p in prompts)
-            if inside:
-                return crop
+        size, margin = crop.size, KEEP_MARGIN * crop.size
+        prompts = [p for p, _ in target.points] + (list(target.box) if target.box is not None else [])
+        return all(np.all((c := crop.to_crop(p)) >= margin) and np.all(c <= size - 1 - margin) for p in prompts)
+
+    def _fine_crop(self, target: Target) -> CropGeometry | None:
+        """The crop finer than the model's scale for this target, or None: the model never saw one, the
+        target already left it, or its prompts span more than one."""
+        if self.model.config.min_zoom >= 1 or (target.crop is not None and self._zoom(target.crop) >= 1):
+            return None
+        if target.crop is not None and self._keeps(target):
+            return target.crop
+        crop = self._fitted_crop(*self._prompt_extent(target), min_zoom=self.model.config.min_zoom)
+        return crop if self._zoom(crop) < 1 else None
+
+    def _choose_crop(self, target: Target) -> CropGeometry:
+        if target.crop is not None and self._zoom(target.crop) >= 1 and self._keeps(target):
+            return target.crop
         return self._fitted_crop(*self._prompt_extent(target))
 
     def _embedding(self, crop: CropGeometry) -> ImageEmbedding:
@@ -257,14 +278,24 @@ class Session:
                 return True
         return False
 
+    def _upsampled(self, logits: torch.Tensor) -> np.ndarray:
+        with torch.inference_mode():
+            return self.model.upsample(logits)[0, 0].float().cpu().numpy()
+
     def _predict(self, target: Target, before: Target) -> Interaction:
+        fine = self._fine_crop(target)
+        if fine is not None:
+            logits, score = self._decode(target, fine, self._mask_prompt(target, fine))
+            crop_logits = self._upsampled(logits)
+            if (crop_logits > 0).any() and not self._touches_border(fine, crop_logits > 0):
+                return self._write(target, before, fine, crop_logits, logits, score)
+            log.debug("target %d runs out of the fine crop: on at the model's scale", target.label)
         crop = self._choose_crop(target)
         mask_input = self._mask_prompt(target, crop)
         for round_ in range(MAX_ZOOM_ROUNDS + 1):
             logits, score = self._decode(target, crop, mask_input)
-            with torch.inference_mode():
-                crop_logits = self.model.upsample(logits)[0, 0].float().cpu().numpy()
-            zoom = crop.step[0] * self.image.spacing[0] / self.model.config.spacing_mm
+            crop_logits = self._upsampled(logits)
+            zoom = self._zoom(crop)
             if round_ == MAX_ZOOM_ROUNDS or zoom >= self.max_zoom - 1e-6 or not self._touches_border(crop, crop_logits > 0):
                 break
             # AutoZoom: the object runs out of the crop; refit the window to it, zoomed out at least 1.5x
@@ -273,8 +304,7 @@ class Session:
             prompt_lo, prompt_hi = self._prompt_extent(target)
             lo, hi = np.minimum(lo, prompt_lo), np.maximum(hi, prompt_hi)
             new_crop = self._fitted_crop(lo, hi, min_zoom=min(zoom * 1.5, self.max_zoom))
-            log.debug("target %d touches the crop border: zoom %.2f -> %.2f", target.label, zoom,
-                      new_crop.step[0] * self.image.spacing[0] / self.model.config.spacing_mm)
+            log.debug("target %d touches the crop border: zoom %.2f -> %.2f", target.label, zoom, self._zoom(new_crop))
             # this prediction, resampled from the old crop straight into the new one's low-res grid
             inside = self._low_res(new_crop).relative_to(crop).sample(crop_logits, cval=-MASK_PROMPT_LOGIT) > 0
             mask_input = self._as_mask_prompt(inside)

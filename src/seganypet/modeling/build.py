@@ -38,6 +38,9 @@ class ModelConfig:
     decoder_depth: int = 2
     decoder_heads: int = 8
     decoder_mlp: int = 2048
+    # the finest crop, as a fraction of spacing_mm, the model was trained at: the session segments a target
+    # there while it fits. 1.0 in checkpoints from before zoomed-in training, which never saw a finer crop.
+    min_zoom: float = 1.0
 
     @property
     def field_of_view_mm(self) -> float:
@@ -48,12 +51,13 @@ PRESETS: dict[str, ModelConfig] = {
     # a few hundred k parameters: forward and backward in well under a second, for tests
     "test": ModelConfig("test", crop_size=32, spacing_mm=4.0, patch_size=8, encoder_width=64, encoder_depth=2,
                         encoder_heads=2, embed_dim=32, decoder_heads=2, decoder_mlp=128),
-    # the CPU model: 64^3 at 3 mm (a 19 cm field, SAM-Med3D's 128^3 x 1.5 mm) with an 8^3 token grid
+    # the CPU model: 64^3 at 3 mm (a 19 cm field, SAM-Med3D's 128^3 x 1.5 mm) with an 8^3 token grid;
+    # crops from 1 mm (a 6 cm field, where a 1 cm lesion spans 10 voxels) to 12 mm (min_zoom to the session's max_zoom)
     "small": ModelConfig("small", crop_size=64, spacing_mm=3.0, patch_size=8, encoder_width=256, encoder_depth=6,
-                         encoder_heads=4, embed_dim=256, decoder_mlp=1024),
+                         encoder_heads=4, embed_dim=256, decoder_mlp=1024, min_zoom=1 / 3),
     # the paper's size (SAM-Med3D ViT-B at 128^3, patch 16, neck to 384), for GPUs
     "base": ModelConfig("base", crop_size=128, spacing_mm=1.5, patch_size=16, encoder_width=768, encoder_depth=12,
-                        encoder_heads=12, embed_dim=384),
+                        encoder_heads=12, embed_dim=384, min_zoom=2 / 3),
 }
 
 

@@ -247,10 +247,12 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
     """One (case, target) crop, flipped left-right at random, SUV scaled by 0.8-1.25 (calibration and
     uptake-time spread). Two framings, as the session makes them:
 
-    - fitted (the crop after auto-zoom or later clicks): centred near the target's box centre and zoomed out
-      for a large target, +-15 % zoom jitter;
-    - click-centred (the session's first crop, fraction ``click_centred``): zoom 1, centred within a voxel
-      or two on a random voxel of the target, which becomes the first click. Without these the model learned
+    - fitted (the crop after auto-zoom or later clicks): centred near the target's box centre, zoomed to fit it
+      (in to ``config.min_zoom`` for a small lesion, out for a large organ), +-15 % zoom jitter;
+    - click-centred (the session's first crops, fraction ``click_centred``): centred within a voxel or two
+      on a random voxel of the target, which becomes the first click, at a zoom from ``config.min_zoom`` to 1.5
+      (the session starts at the finest crop and zooms out while the mask runs into the crop's border, so
+      an organ clicked in a fine crop must fill it and a 1 cm lesion must be outlined at 1 mm). Without these the model learned
       that a click at the crop centre means a small lesion (fitted lesion crops put every click there) and
       answered an organ's first click with a blob (measured: bladder Dice 0.05 at the centre, 0.71 five
       voxels off it)."""
@@ -264,8 +266,8 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
     arrays = data.arrays(case)
     lo, hi = np.asarray(target.bbox[0], float), np.asarray(target.bbox[1], float)
     extent_mm = (hi - lo + 1) * arrays.spacing
-    zoom = np.clip(extent_mm.max() / (0.75 * config.field_of_view_mm), 1.0, max_zoom) * rng.uniform(0.87, 1.15)
-    zoom = max(zoom, 0.87)
+    zoom = np.clip(extent_mm.max() / (0.75 * config.field_of_view_mm), config.min_zoom, max_zoom) * rng.uniform(0.87, 1.15)
+    zoom = max(zoom, 0.87 * config.min_zoom)
     centre = (lo + hi) / 2 + rng.normal(0, 0.1, 3) * (hi - lo + 1)
     crop = CropGeometry.centred(centre, arrays.spacing, config.spacing_mm * zoom, config.crop_size)
     mask = data.target_mask(target, crop)
@@ -276,8 +278,8 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
     if rng.random() < click_centred:
         inside = np.argwhere(mask)
         point = crop.to_image(inside[rng.integers(len(inside))])
-        centred = CropGeometry.centred(point + rng.normal(0, 1.0, 3), arrays.spacing,
-                                       config.spacing_mm * rng.uniform(0.9, 1.1), config.crop_size)
+        zoom = np.exp(rng.uniform(np.log(0.9 * config.min_zoom), np.log(1.5)))
+        centred = CropGeometry.centred(point + rng.normal(0, 1.0, 3), arrays.spacing, config.spacing_mm * zoom, config.crop_size)
         centred_mask = data.target_mask(target, centred)
         voxel = tuple(int(v) for v in np.clip(np.round(centred.to_crop(point)), 0, config.crop_size - 1))
         if centred_mask[voxel]:
