@@ -251,8 +251,8 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
       (in to ``config.min_zoom`` for a small lesion, out for a large organ), +-15 % zoom jitter;
     - click-centred (the session's first crops, fraction ``click_centred``): centred within a voxel or two
       on a random voxel of the target, which becomes the first click, at a zoom from ``config.min_zoom`` to 1.5
-      (the session starts at the finest crop and zooms out while the mask runs into the crop's border, so
-      an organ clicked in a fine crop must fill it and a 1 cm lesion must be outlined at 1 mm). Without these the model learned
+      (the session segments a target in the finest crop while it fits and then at the model's scale or wider,
+      so an organ clicked in a fine crop must fill it and a 1 cm lesion must be outlined at 1 mm). Without these the model learned
       that a click at the crop centre means a small lesion (fitted lesion crops put every click there) and
       answered an organ's first click with a blob (measured: bladder Dice 0.05 at the centre, 0.71 five
       voxels off it)."""
