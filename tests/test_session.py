@@ -115,17 +115,16 @@ def test_a_target_that_fits_the_finest_crop_stays_there_and_a_larger_one_moves_t
     model.config = dataclasses.replace(model.config, min_zoom=0.5)
     session = Session(model, max_zoom=4.0)
     session.set_image(image)
+    zoom = lambda interaction: interaction.crop.step[0] * 4.0 / model.config.spacing_mm  # noqa: E731
     small = session.add_point((30, 30, 45))
-    assert small.crop.step[0] * 4.0 / model.config.spacing_mm == pytest.approx(0.5)  # 2 mm crop voxels
+    assert zoom(small) == pytest.approx(0.5)  # 2 mm crop voxels
     assert dice(session.mask, lesion) > 0.9
-    session.add_point((31, 30, 45))  # a second click inside it keeps the fine crop (and its embedding)
-    assert session._current.crop == small.crop
+    assert session.add_point((31, 30, 45)).crop == small.crop  # a second click inside keeps the fine crop
     session.new_target()
     large = session.add_point((80, 80, 45))
-    assert large.crop.step[0] * 4.0 / model.config.spacing_mm > 1  # wider than one crop at the model scale
+    assert zoom(large) > 1  # wider than one crop at the model scale
     assert dice(session.mask, organ) > 0.9
-    session.add_point((60, 80, 45))  # once out of the fine crop, a click near the centre does not go back
-    assert session._current.crop.step[0] * 4.0 / model.config.spacing_mm >= 1
+    assert zoom(session.add_point((60, 80, 45))) >= 1  # once out of the fine crop, a later click does not go back
 
 
 def test_targets_keep_their_own_labels():
