@@ -107,3 +107,26 @@ def test_nnunet_folder_is_complete_and_noise_is_at_the_asked_rate(tmp_path):
     for path in before:
         other = again / path.relative_to(out)
         assert np.array_equal(np.asarray(nib.load(path).dataobj), np.asarray(nib.load(other).dataobj)), path.name
+
+
+def test_label_noise_grows_a_lesion_into_its_host_organ_as_often_as_it_shrinks_it():
+    """Annotators draw lesions too large as often as too small: a dilated or shifted lesion label takes
+    voxels of the organ around it. (It once only grew into background, so inside an organ the noise
+    could only shrink lesions, and a model trained on it learned to under-segment them.)"""
+    from seganypet.phantom.noise import corrupt_labels
+
+    grid = np.indices((40, 40, 40)) - 20
+    lesion = (grid**2).sum(0) <= 5**2
+    labels = np.where(lesion, LESION_LABEL, 3).astype(np.uint8)  # a lesion well inside the liver
+    instances = lesion.astype(np.uint8)
+    change = {}
+    for seed in range(300):
+        noisy, applied = corrupt_labels(labels, instances, np.random.default_rng(seed), p_structure=0.5)
+        if [(k, i) for k, i, _ in applied] != [("lesion", 1)]:
+            continue  # the liver was corrupted too
+        change.setdefault(applied[0][2], []).append(int((noisy == LESION_LABEL).sum()) - int(lesion.sum()))
+        grown = (noisy == LESION_LABEL) & ~lesion
+        assert np.all(labels[grown] == 3)  # what the lesion gained, the organ lost
+    assert min(change["dilate"]) > 0 and max(change["erode"]) < 0
+    assert all(d == 0 for d in change["shift"])  # a shifted outline loses as many voxels as it gains
+    assert np.median(change["dilate"]) > -np.median(change["erode"])  # a dilation adds more than an erosion removes

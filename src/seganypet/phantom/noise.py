@@ -39,6 +39,9 @@ def corrupt_labels(labels: np.ndarray, instances: np.ndarray, rng: np.random.Gen
         value = ident if kind == "organ" else LESION_LABEL
         box = _box(mask, 6)
         m, out = mask[box], noisy[box]
+        # an organ's outline spills into background only; a lesion's also into the organ around it, as
+        # annotators draw lesions too large as often as too small (else the noise only ever shrinks lesions)
+        free = (out == 0) if kind == "organ" else (out != value)
         noise = NOISE_KINDS[rng.integers(len(NOISE_KINDS))]
         r = int(rng.integers(1, 4))
         if noise == "erode":
@@ -46,11 +49,11 @@ def corrupt_labels(labels: np.ndarray, instances: np.ndarray, rng: np.random.Gen
             out[m & ~shrunk & (out == value)] = 0
         elif noise == "dilate":
             grown = ndimage.binary_dilation(m, iterations=r)
-            out[grown & ~m & (out == 0)] = value
+            out[grown & ~m & free] = value
         elif noise == "shift":
             moved = np.roll(m, tuple(int(v) for v in rng.integers(-3, 4, 3)), axis=(0, 1, 2))
             out[m & ~moved & (out == value)] = 0
-            out[moved & ~m & (out == 0)] = value
+            out[moved & ~m & free] = value
         elif noise == "partial":
             idx = np.argwhere(m)
             normal = rng.normal(size=3)
