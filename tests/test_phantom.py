@@ -112,7 +112,7 @@ def test_nnunet_folder_is_complete_and_noise_is_at_the_asked_rate(tmp_path):
 def test_label_noise_grows_a_lesion_into_its_host_organ_as_often_as_it_shrinks_it():
     """Annotators draw lesions too large as often as too small: a dilated or shifted lesion label takes
     voxels of the organ around it. (It once only grew into background, so inside an organ the noise
-    could only shrink lesions, and a model trained on it learned to under-segment them.)"""
+    could only shrink lesions.)"""
     from seganypet.phantom.noise import corrupt_labels
 
     grid = np.indices((40, 40, 40)) - 20
