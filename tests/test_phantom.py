@@ -111,8 +111,8 @@ def test_nnunet_folder_is_complete_and_noise_is_at_the_asked_rate(tmp_path):
 
 def test_label_noise_grows_a_lesion_into_its_host_organ_as_often_as_it_shrinks_it():
     """Annotators draw lesions too large as often as too small: a dilated or shifted lesion label takes
-    voxels of the organ around it. (It once only grew into background, so inside an organ the noise
-    could only shrink lesions.)"""
+    voxels of the organ around it, and an eroded one gives its voxels to that organ, not to background.
+    (It once only grew into background, so inside an organ the noise could only shrink lesions.)"""
     from seganypet.phantom.noise import corrupt_labels
 
     grid = np.indices((40, 40, 40)) - 20
@@ -127,6 +127,7 @@ def test_label_noise_grows_a_lesion_into_its_host_organ_as_often_as_it_shrinks_i
         change.setdefault(applied[0][2], []).append(int((noisy == LESION_LABEL).sum()) - int(lesion.sum()))
         grown = (noisy == LESION_LABEL) & ~lesion
         assert np.all(labels[grown] == 3)  # what the lesion gained, the organ lost
+        assert np.all(noisy[lesion & (noisy != LESION_LABEL)] == 3)  # and what it lost, the organ gained
     assert min(change["dilate"]) > 0 and max(change["erode"]) < 0
     assert all(d == 0 for d in change["shift"])  # a shifted outline loses as many voxels as it gains
     assert np.median(change["dilate"]) > -np.median(change["erode"])  # a dilation adds more than an erosion removes

@@ -39,34 +39,31 @@ def corrupt_labels(labels: np.ndarray, instances: np.ndarray, rng: np.random.Gen
         value = ident if kind == "organ" else LESION_LABEL
         box = _box(mask, 6)
         m, out = mask[box], noisy[box]
-        # an organ's outline spills into background only; a lesion's also into the organ around it, as
-        # annotators draw lesions too large as often as too small (else the noise only ever shrinks lesions)
-        free = (out == 0) if kind == "organ" else (out != value)
+        ring = ndimage.binary_dilation(m, iterations=2) & ~m
+        neighbours = out[ring & (out != value) & (out != 0)]
+        host = int(np.bincount(neighbours).argmax()) if neighbours.size else 0  # the structure it touches most
+        # annotators draw lesions too large as often as too small: a lesion's outline moves into and out of the
+        # organ around it (else inside an organ the noise could only shrink it); an organ's into background
+        free, lost = ((out == 0), 0) if kind == "organ" else ((out != value), host)
         noise = NOISE_KINDS[rng.integers(len(NOISE_KINDS))]
         r = int(rng.integers(1, 4))
         if noise == "erode":
             shrunk = ndimage.binary_erosion(m, iterations=r)
-            out[m & ~shrunk & (out == value)] = 0
+            out[m & ~shrunk & (out == value)] = lost
         elif noise == "dilate":
             grown = ndimage.binary_dilation(m, iterations=r)
             out[grown & ~m & free] = value
         elif noise == "shift":
             moved = np.roll(m, tuple(int(v) for v in rng.integers(-3, 4, 3)), axis=(0, 1, 2))
-            out[m & ~moved & (out == value)] = 0
+            out[m & ~moved & (out == value)] = lost
             out[moved & ~m & free] = value
         elif noise == "partial":
             idx = np.argwhere(m)
             normal = rng.normal(size=3)
             side = (idx - idx.mean(0)) @ normal > rng.uniform(-0.3, 0.5) * np.abs((idx - idx.mean(0)) @ normal).max()
             cut = tuple(idx[side].T)
-            out[cut] = np.where(out[cut] == value, 0, out[cut])
+            out[cut] = np.where(out[cut] == value, lost, out[cut])
         else:  # merge: a lesion is swallowed by its host organ, an organ by the structure it touches most
-            ring = ndimage.binary_dilation(m, iterations=2) & ~m
-            neighbours = out[ring & (out != value) & (out != 0)]
-            if neighbours.size:
-                host = int(np.bincount(neighbours).argmax())
-                out[m & (out == value)] = host
-            else:
-                out[m & (out == value)] = 0
+            out[m & (out == value)] = host
         applied.append((kind, ident, noise))
     return noisy, applied
