@@ -367,6 +367,7 @@ def train(
     init: Annotated[Path | None, typer.Option("--init", help="Start from these weights (fine-tune a checkpoint).")] = None,
     warmup: Annotated[int, typer.Option("--warmup", help="Steps of linear learning-rate warm-up.")] = 300,
     workers: Annotated[int, typer.Option("--workers", "-j", help="Processes that cache cases and prepare batches (0: in the training process).")] = 0,
+    lesion_fraction: Annotated[float, typer.Option("--lesion-fraction", help="Share of crops drawn around a lesion (the rest: an organ).")] = 0.4,
 ) -> None:
     """Train the promptable model with simulated clicks (and CPCL); run under torchrun for several processes."""
     from seganypet.train import LoopConfig, TrainConfig
@@ -374,9 +375,11 @@ def train(
 
     if bf16 not in ("auto", "on", "off"):
         raise SegAnyPetError(f"--bf16 must be auto, on or off, not {bf16!r}")
+    if not 0 <= lesion_fraction <= 1:
+        raise SegAnyPetError(f"--lesion-fraction must lie between 0 and 1, not {lesion_fraction}")
     config = TrainConfig(str(dataset), str(output), size=size, steps=steps, batch=batch, lr=lr, exclude=tuple(exclude),
                          seed=seed, save_every=save_every, bf16=bf16, cpcl_rampup=cpcl_rampup, init=str(init) if init else None,
-                         warmup=warmup, workers=max(0, workers),
+                         warmup=warmup, workers=max(0, workers), lesion_fraction=lesion_fraction,
                          loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
     run(config, resume=resume)
 
