@@ -12,8 +12,9 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
-from conftest import HotVoxelModel, add_sphere, oblique_image
+from conftest import HOT, HotVoxelModel, add_sphere, oblique_image
 from seganypet.errors import SegAnyPetError
 from seganypet.infer import CropGeometry, Session, segment_with_model
 from seganypet.io import PetImage
@@ -103,6 +104,31 @@ def test_auto_zoom_grows_the_window_for_an_object_larger_than_one_crop():
     no_zoom.set_image(image)
     no_zoom.add_point((60, 60, 45))
     assert no_zoom.mask.sum() <= 32**3 < 0.5 * truth.sum()  # one crop alone cannot hold it
+
+
+class ThinUnseenWhenWideModel(HotVoxelModel):
+    """Sees hot voxels only where a crop holds many of them: a thin tube vanishes from a coarse crop, as the
+    spine and aorta do from the real model's 10 mm crops."""
+
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None):
+        logits, iou = super().decode(embedding, points, labels, boxes, mask_input)
+        return (logits if (logits > 0).sum() >= 300 else torch.full_like(logits, -1.0)), iou
+
+
+def test_auto_zoom_keeps_the_narrower_window_when_the_wider_one_loses_a_thin_target():
+    """A 16 mm tube 52 cm long runs out of every window, but a zoomed-out window no longer sees it: the
+    session keeps the piece the 12.8 cm window found instead of the wider window's empty answer."""
+    image = PetImage(np.full((40, 40, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
+    tube = (np.linalg.norm((ijk[..., :2] - [20, 20]) * 4.0, axis=-1) <= 8.0) & (ijk[..., 2] >= 5) & (ijk[..., 2] < 135)
+    image.array[tube] = HOT
+    session = Session(ThinUnseenWhenWideModel(), max_zoom=4.0)
+    session.set_image(image)
+    result = session.add_point((20, 20, 70))
+    assert result.crop.step[0] == pytest.approx(1.0)  # the window that saw it, not a wider one
+    window = np.zeros_like(tube)
+    window[result.crop.footprint(image.shape)] = True
+    assert dice(session.mask, tube & window) > 0.8 and not (session.mask & ~ndimage.binary_dilation(tube)).any()
 
 
 def test_a_target_that_fits_the_finest_crop_stays_there_and_a_larger_one_moves_to_the_model_scale():

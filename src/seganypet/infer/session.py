@@ -31,6 +31,10 @@ MASK_PROMPT_LOGIT = 4.0  # a binary mask given as a prompt (after the crop moved
 KEEP_MARGIN = 0.125  # a click within this fraction of the crop size from its edge moves the crop
 FIT_FRACTION = 0.75  # a target is zoomed to fill at most this fraction of the crop
 MAX_ZOOM_ROUNDS = 3
+# a wider window's prediction must keep this fraction of the mask it was prompted with (the narrower one's), else
+# it is dropped and the narrower kept: a thin structure (spine, aorta) can vanish from a window of 10 mm voxels,
+# and the blob left is worse than the piece the narrower window found
+KEEP_WHEN_WIDER = 0.5
 EMBEDDING_CACHE = 4
 
 
@@ -73,7 +77,7 @@ class Session:
     Once a prediction there runs into the crop's border, that prediction is dropped (cut off, it would
     be a wrong mask prompt) and the target is segmented from then on at the model's scale or wider:
     ``max_zoom`` times its spacing at most, the window refitted while the mask runs out of it
-    (nnInteractive's AutoZoom).
+    (nnInteractive's AutoZoom), unless the wider window loses the mask it was given.
     """
 
     def __init__(self, model: SegAnyPet | None = None, device: str | torch.device = "cpu", max_zoom: float = 4.0) -> None:
@@ -292,23 +296,27 @@ class Session:
             log.debug("target %d runs out of the fine crop: on at the model's scale", target.label)
         crop = self._choose_crop(target)
         mask_input = self._mask_prompt(target, crop)
-        for round_ in range(MAX_ZOOM_ROUNDS + 1):
-            logits, score = self._decode(target, crop, mask_input)
-            crop_logits = self._upsampled(logits)
+        logits, score = self._decode(target, crop, mask_input)
+        crop_logits = self._upsampled(logits)
+        for _ in range(MAX_ZOOM_ROUNDS):
             zoom = self._zoom(crop)
-            if round_ == MAX_ZOOM_ROUNDS or zoom >= self.max_zoom - 1e-6 or not self._touches_border(crop, crop_logits > 0):
+            if zoom >= self.max_zoom - 1e-6 or not self._touches_border(crop, crop_logits > 0):
                 break
             # AutoZoom: the object runs out of the crop; refit the window to it, zoomed out at least 1.5x
             coords = np.argwhere(crop_logits > 0)
             lo, hi = crop.to_image(coords.min(0)), crop.to_image(coords.max(0))
             prompt_lo, prompt_hi = self._prompt_extent(target)
             lo, hi = np.minimum(lo, prompt_lo), np.maximum(hi, prompt_hi)
-            new_crop = self._fitted_crop(lo, hi, min_zoom=min(zoom * 1.5, self.max_zoom))
-            log.debug("target %d touches the crop border: zoom %.2f -> %.2f", target.label, zoom, self._zoom(new_crop))
+            wider = self._fitted_crop(lo, hi, min_zoom=min(zoom * 1.5, self.max_zoom))
             # this prediction, resampled from the old crop straight into the new one's low-res grid
-            inside = self._low_res(new_crop).relative_to(crop).sample(crop_logits, cval=-MASK_PROMPT_LOGIT) > 0
-            mask_input = self._as_mask_prompt(inside)
-            crop = new_crop
+            inside = self._low_res(wider).relative_to(crop).sample(crop_logits, cval=-MASK_PROMPT_LOGIT) > 0
+            wider_logits, wider_score = self._decode(target, wider, self._as_mask_prompt(inside))
+            if _kept(wider_logits, inside) < KEEP_WHEN_WIDER:
+                log.debug("target %d lost at zoom %.2f: kept at %.2f", target.label, self._zoom(wider), zoom)
+                break
+            log.debug("target %d touches the crop border: zoom %.2f -> %.2f", target.label, zoom, self._zoom(wider))
+            crop, logits, score = wider, wider_logits, wider_score
+            crop_logits = self._upsampled(logits)
         return self._write(target, before, crop, crop_logits, logits, score)
 
     def _write(self, target: Target, before: Target, crop: CropGeometry, crop_logits: np.ndarray, logits: torch.Tensor,
@@ -322,6 +330,13 @@ class Session:
         target.crop, target.logits, target.score = crop, logits, score
         target.bbox = _bbox(self.target_buffer[region] == target.label, region)
         return Interaction(target.label, score, region, crop)
+
+
+def _kept(logits: torch.Tensor, inside: np.ndarray) -> float:
+    """The fraction of ``inside`` (a low-res bool grid) that low-res ``logits`` still call foreground."""
+    if not inside.any():
+        return 1.0
+    return float(((logits[0, 0].float().cpu().numpy() > 0) & inside).sum() / inside.sum())
 
 
 def _union(a: Region, b: Region | None) -> Region:
