@@ -18,7 +18,7 @@ from seganypet.infer import Session
 from seganypet.io import read_pet
 from seganypet.modeling import build_model, load_model, normalise_suv, read_checkpoint
 from seganypet.train import InteractiveLoss, LoopConfig, TrainConfig, mixed_loss, ramp_up, rectify, train
-from seganypet.train.data import TrainingData
+from seganypet.train.data import TargetRef, TrainingData, choose_target
 
 
 def fixed_batch(model):
@@ -178,3 +178,17 @@ def test_left_out_classes_and_lesion_sites_are_not_trained_on_even_from_noisy_la
         ("case0", "organ", None), ("case0", "lesion", "liver"), ("case1", "organ", None), ("case1", "lesion", "bone")}
     without = TrainingData(data, tmp_path / "cache", exclude=("organ", "bone"))
     assert [(t.case, t.name, t.site) for t in without.targets] == [("case0", "lesion", "liver")]
+
+
+def test_organ_weights_draw_a_weighted_organ_in_proportion_and_leave_the_lesion_share_alone():
+    def ref(name, kind="class"):
+        return TargetRef("case0", kind, 1, name, ((0, 0, 0), (1, 1, 1)), 8)
+
+    targets = [ref("aorta"), ref("liver"), ref("spleen"), ref("lesion", "instance")]
+    rng = np.random.default_rng(0)
+    plain = [choose_target(targets, rng, 0.4).name for _ in range(6000)]
+    weighted = [choose_target(targets, rng, 0.4, {"aorta": 4.0}).name for _ in range(6000)]
+    organs = [n for n in weighted if n != "lesion"]
+    assert abs(plain.count("aorta") / (6000 - plain.count("lesion")) - 1 / 3) < 0.03
+    assert abs(organs.count("aorta") / len(organs) - 4 / 6) < 0.03
+    assert abs(weighted.count("lesion") / 6000 - 0.4) < 0.03

@@ -347,6 +347,17 @@ def evaluate(
     typer.echo(summary.read_text())
 
 
+def _name_weight(item: str) -> tuple[str, float]:
+    name, _, value = item.rpartition("=")
+    try:
+        weight = float(value)
+    except ValueError:
+        weight = -1.0
+    if not name or not weight > 0:
+        raise SegAnyPetError(f"--organ-weight takes NAME=W with a positive W, not {item!r}")
+    return name, weight
+
+
 @app.command()
 def train(
     dataset: Annotated[Path, typer.Option("-d", "--dataset", help="nnU-Net v2 dataset folder (imagesTr, labelsTr, dataset.json).")],
@@ -368,6 +379,7 @@ def train(
     warmup: Annotated[int, typer.Option("--warmup", help="Steps of linear learning-rate warm-up.")] = 300,
     workers: Annotated[int, typer.Option("--workers", "-j", help="Processes that cache cases and prepare batches (0: in the training process).")] = 0,
     lesion_fraction: Annotated[float, typer.Option("--lesion-fraction", help="Share of crops drawn around a lesion (the rest: an organ).")] = 0.4,
+    organ_weight: Annotated[list[str], typer.Option("--organ-weight", help="NAME=W: draw that organ W times as often as the others (repeatable).")] = [],  # noqa: B006
 ) -> None:
     """Train the promptable model with simulated clicks (and CPCL); run under torchrun for several processes."""
     from seganypet.train import LoopConfig, TrainConfig
@@ -380,6 +392,7 @@ def train(
     config = TrainConfig(str(dataset), str(output), size=size, steps=steps, batch=batch, lr=lr, exclude=tuple(exclude),
                          seed=seed, save_every=save_every, bf16=bf16, cpcl_rampup=cpcl_rampup, init=str(init) if init else None,
                          warmup=warmup, workers=max(0, workers), lesion_fraction=lesion_fraction,
+                         organ_weights=tuple(_name_weight(item) for item in organ_weight),
                          loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
     run(config, resume=resume)
 

@@ -242,8 +242,22 @@ class Sample:
     click: tuple[int, int, int] | None = None  # the first click (crop voxel) where the crop was centred on it
 
 
+def choose_target(targets: list[TargetRef], rng: np.random.Generator, lesion_fraction: float = 0.4,
+                  weights: dict[str, float] | None = None) -> TargetRef:
+    """A lesion with probability ``lesion_fraction`` (when the case has one), else an organ class, drawn in
+    proportion to ``weights[name]`` (default 1): thin or faint structures (aorta, spine, a cold myocardium)
+    are the ones a uniform draw under-trains, and a run can give them more of its crops."""
+    lesions = [t for t in targets if t.kind == "instance"]
+    organs = [t for t in targets if t.kind != "instance"]
+    pool = lesions if lesions and (not organs or rng.random() < lesion_fraction) else organs
+    if pool is lesions or not weights:
+        return pool[rng.integers(len(pool))]
+    p = np.array([weights.get(t.name, 1.0) for t in pool], float)
+    return pool[rng.choice(len(pool), p=p / p.sum())]
+
+
 def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generator, lesion_fraction: float = 0.4,
-                max_zoom: float = 4.0, click_centred: float = 0.5) -> Sample:
+                max_zoom: float = 4.0, click_centred: float = 0.5, weights: dict[str, float] | None = None) -> Sample:
     """One (case, target) crop, flipped left-right at random, SUV scaled by 0.8-1.25 (calibration and
     uptake-time spread). Two framings, as the session makes them:
 
@@ -257,13 +271,8 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
       answered an organ's first click with a blob (measured: bladder Dice 0.05 at the centre, 0.71 five
       voxels off it)."""
     cases = list(data.by_case)  # cases with at least one target left after exclusions
-    case = cases[rng.integers(len(cases))]
-    targets = data.by_case[case]
-    lesions = [t for t in targets if t.kind == "instance"]
-    organs = [t for t in targets if t.kind != "instance"]
-    pool = lesions if lesions and (not organs or rng.random() < lesion_fraction) else organs
-    target = pool[rng.integers(len(pool))]
-    arrays = data.arrays(case)
+    target = choose_target(data.by_case[cases[rng.integers(len(cases))]], rng, lesion_fraction, weights)
+    arrays = data.arrays(target.case)
     lo, hi = np.asarray(target.bbox[0], float), np.asarray(target.bbox[1], float)
     extent_mm = (hi - lo + 1) * arrays.spacing
     zoom = np.clip(extent_mm.max() / (0.75 * config.field_of_view_mm), config.min_zoom, max_zoom) * rng.uniform(0.87, 1.15)

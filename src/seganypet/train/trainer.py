@@ -46,6 +46,7 @@ class TrainConfig:
     save_every: int = 250
     exclude: tuple[str, ...] = ()  # label names or lesion sites left out (unseen-target experiments)
     lesion_fraction: float = 0.4
+    organ_weights: tuple[tuple[str, float], ...] = ()  # (label name, weight): organs drawn in proportion (default 1)
     bf16: str = "auto"  # autocast the step in bf16: auto (where bf16 units exist), on, off
     cpcl_rampup: int = 2000
     cpcl_weight: float = 1.0
@@ -74,7 +75,8 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.cfg.seed, self.rank, step])
-        samples = [sample_crop(self.data, self.config, rng, self.cfg.lesion_fraction) for _ in range(self.cfg.batch)]
+        weights = dict(self.cfg.organ_weights)
+        samples = [sample_crop(self.data, self.config, rng, self.cfg.lesion_fraction, weights=weights) for _ in range(self.cfg.batch)]
         crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None]
         targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None]
         noisy = torch.tensor([s.noisy for s in samples])
@@ -139,6 +141,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     if world > 1:
         dist.barrier()  # rank 0 fills the cache first
         data = data or TrainingData(cfg.dataset, out / "cache", cfg.exclude)
+    unknown = sorted({name for name, _ in cfg.organ_weights} - {t.name for t in data.targets if t.kind != "instance"})
+    if unknown:
+        raise SegAnyPetError(f"organ weight for {', '.join(unknown)}: no such organ label to train on", cfg.dataset)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.size).to(device)
