@@ -14,6 +14,7 @@ import torch
 
 from conftest import add_lesion_sites, write_tiny_dataset
 from seganypet.clicks import centre_of, next_click
+from seganypet.errors import SegAnyPetError
 from seganypet.infer import Session
 from seganypet.io import read_pet
 from seganypet.modeling import build_model, load_model, normalise_suv, read_checkpoint
@@ -192,3 +193,10 @@ def test_organ_weights_draw_a_weighted_organ_in_proportion_and_leave_the_lesion_
     assert abs(plain.count("aorta") / (6000 - plain.count("lesion")) - 1 / 3) < 0.03
     assert abs(organs.count("aorta") / len(organs) - 4 / 6) < 0.03
     assert abs(weighted.count("lesion") / 6000 - 0.4) < 0.03
+
+
+def test_a_weight_for_an_organ_the_dataset_lacks_is_a_clear_error(tmp_path):
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
+    cfg = TrainConfig(str(data), str(tmp_path / "run"), size="test", steps=1, organ_weights=(("spleen", 2.0),))
+    with pytest.raises(SegAnyPetError, match="organ weight for spleen: no such organ label"):
+        train(cfg)
