@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from seganypet.errors import SegAnyPetError
 from seganypet.modeling import PRESETS, bf16_is_fast, build_model, normalise_suv, read_checkpoint, save_checkpoint
 from seganypet.train.cpcl import ramp_up
-from seganypet.train.data import TrainingData, sample_crop
+from seganypet.train.data import LESION_NAMES, TrainingData, label_names, read_dataset_json, sample_crop
 from seganypet.train.loop import InteractiveLoss, LoopConfig
 
 log = logging.getLogger(__name__)
@@ -69,14 +69,14 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __init__(self, data: TrainingData, config, cfg: TrainConfig, rank: int) -> None:
         self.data, self.config, self.cfg, self.rank = data, config, cfg, rank
+        self.weights = dict(cfg.organ_weights)
 
     def __len__(self) -> int:
         return self.cfg.steps
 
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.cfg.seed, self.rank, step])
-        weights = dict(self.cfg.organ_weights)
-        samples = [sample_crop(self.data, self.config, rng, self.cfg.lesion_fraction, weights=weights) for _ in range(self.cfg.batch)]
+        samples = [sample_crop(self.data, self.config, rng, self.cfg.lesion_fraction, weights=self.weights) for _ in range(self.cfg.batch)]
         crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None]
         targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None]
         noisy = torch.tensor([s.noisy for s in samples])
@@ -121,6 +121,15 @@ def _initialise(model: torch.nn.Module, path: str) -> None:
              f"; fresh: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}" if fresh else "")
 
 
+def _check_organ_weights(cfg: TrainConfig) -> None:
+    excluded = {e.lower() for e in cfg.exclude}
+    organs = {n for n in label_names(read_dataset_json(Path(cfg.dataset))).values()
+              if n.lower() not in LESION_NAMES and n.lower() not in excluded}
+    unknown = sorted({name for name, _ in cfg.organ_weights} - organs)
+    if unknown:
+        raise SegAnyPetError(f"organ weight for {', '.join(unknown)}: no such organ label to train on", cfg.dataset)
+
+
 @dataclass
 class TrainResult:
     checkpoint: Path  # OUT/model.pt, the weights to ship (written once the last step is done)
@@ -137,13 +146,11 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.size not in PRESETS:
         raise SegAnyPetError(f"unknown model size {cfg.size!r}; choose one of {', '.join(PRESETS)}")
+    _check_organ_weights(cfg)  # before the cache is filled: a misspelt name should not cost minutes
     data = TrainingData(cfg.dataset, out / "cache", cfg.exclude, workers=cfg.workers) if rank == 0 else None
     if world > 1:
         dist.barrier()  # rank 0 fills the cache first
         data = data or TrainingData(cfg.dataset, out / "cache", cfg.exclude)
-    unknown = sorted({name for name, _ in cfg.organ_weights} - {t.name for t in data.targets if t.kind != "instance"})
-    if unknown:
-        raise SegAnyPetError(f"organ weight for {', '.join(unknown)}: no such organ label to train on", cfg.dataset)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.size).to(device)
