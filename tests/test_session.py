@@ -153,6 +153,25 @@ def test_a_target_that_fits_the_finest_crop_stays_there_and_a_larger_one_moves_t
     assert zoom(session.add_point((60, 80, 45))) >= 1  # once out of the fine crop, a later click does not go back
 
 
+def test_a_click_keeps_only_the_object_it_is_on_and_a_click_on_another_adds_it():
+    """The stand-in model calls every hot voxel of the crop foreground, as the real one sometimes marks a hot
+    neighbour: the mask is only the part under a positive click (or inside the box), and a positive click on
+    the neighbour adds it."""
+    image = PetImage(np.full((80, 80, 60), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    a = add_sphere(image, image.voxel_to_world([[34.0, 40.0, 30.0]])[0], 14.0)
+    b = add_sphere(image, image.voxel_to_world([[44.0, 40.0, 30.0]])[0], 14.0)  # 12 mm apart
+    session = Session(HotVoxelModel())
+    session.set_image(image)
+    result = session.add_point((34, 40, 30))
+    assert b[result.crop.footprint(image.shape)].sum() == b.sum()  # b was inside the crop the model saw
+    assert dice(session.mask, a) > 0.9 and not (session.mask & b).any()
+    session.add_point((44, 40, 30))
+    assert dice(session.mask, a | b) > 0.9
+    session.new_target()
+    session.add_box((40, 36, 26), (48, 44, 34))
+    assert dice(session.mask, b) > 0.9 and not (session.mask & a).any()
+
+
 def test_targets_keep_their_own_labels():
     image = PetImage(np.full((80, 80, 60), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
     a = add_sphere(image, image.voxel_to_world([[20.0, 20.0, 30.0]])[0], 20.0)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from seganypet.errors import SegAnyPetError
 from seganypet.infer.crop import CropGeometry, Region
@@ -274,7 +275,35 @@ class Session:
             kwargs["boxes"] = torch.tensor(crop.to_crop(np.stack(target.box)), dtype=torch.float32, device=self.device)[None]
         with torch.inference_mode():
             logits, iou = self.model.decode(self._embedding(crop), mask_input=mask_input, **kwargs)
-        return logits, float(iou[0, 0])
+        return self._keep_prompted(target, crop, logits), float(iou[0, 0])
+
+    def _keep_prompted(self, target: Target, crop: CropGeometry, logits: torch.Tensor) -> torch.Tensor:
+        """Only the connected parts of a prediction that hold a positive click or meet the box.
+
+        A click means one object. The model's stray parts elsewhere in the crop (a hot organ or
+        lesion nearby) are not it, and left in they would reach the crop's border and send a small
+        lesion out of the fine crop to a coarser scale. When no part holds a prompt (a click the
+        model answered around, not on), the prediction is left whole."""
+        foreground = logits[0, 0].float().cpu().numpy() > 0
+        if not foreground.any():
+            return logits
+        parts, _ = ndimage.label(foreground, structure=np.ones((3, 3, 3), bool))
+        grid = self._low_res(crop)
+        keep = set()
+        for ijk, positive in target.points:
+            at = np.round(grid.to_crop(ijk)).astype(int)
+            if positive and np.all(at >= 0) and np.all(at < grid.size):
+                keep.add(int(parts[tuple(at)]))
+        if target.box is not None:
+            corners = grid.to_crop(np.stack(target.box))
+            lo = np.clip(np.floor(corners.min(0)), 0, grid.size).astype(int)
+            hi = np.clip(np.ceil(corners.max(0)) + 1, 0, grid.size).astype(int)
+            keep.update(np.unique(parts[tuple(slice(a, b) for a, b in zip(lo, hi))]).tolist())
+        keep.discard(0)
+        if not keep:
+            return logits
+        stray = torch.from_numpy((parts > 0) & ~np.isin(parts, list(keep))).to(logits.device)
+        return logits.masked_fill(stray[None, None], -MASK_PROMPT_LOGIT)
 
     def _touches_border(self, crop: CropGeometry, crop_mask: np.ndarray) -> bool:
         for axis, face in crop.border_faces_inside(self.image.shape):
