@@ -290,9 +290,8 @@ class Session:
         parts, _ = ndimage.label(foreground, structure=np.ones((3, 3, 3), bool))
         grid = self._low_res(crop)
         keep = set()
-        for ijk, positive in target.points:
-            at = np.round(grid.to_crop(ijk)).astype(int)
-            if positive and np.all(at >= 0) and np.all(at < grid.size):
+        for at in (np.round(grid.to_crop(ijk)).astype(int) for ijk, positive in target.points if positive):
+            if np.all(at >= 0) and np.all(at < grid.size):
                 keep.add(int(parts[tuple(at)]))
         if target.box is not None:
             corners = grid.to_crop(np.stack(target.box))
