@@ -18,7 +18,7 @@ from conftest import HOT, HotVoxelModel, add_sphere, oblique_image
 from seganypet.errors import SegAnyPetError
 from seganypet.infer import CropGeometry, Session, segment_with_model
 from seganypet.io import PetImage
-from seganypet.modeling import PRESETS, build_model
+from seganypet.modeling import PRESETS, build_model, normalise_suv
 from seganypet.prompts import Prompts
 
 
@@ -151,6 +151,33 @@ def test_a_target_that_fits_the_finest_crop_stays_there_and_a_larger_one_moves_t
     assert zoom(large) > 1  # wider than one crop at the model scale
     assert dice(session.mask, organ) > 0.9
     assert zoom(session.add_point((60, 80, 45))) >= 1  # once out of the fine crop, a later click does not go back
+
+
+class WarmWhenPromptedModel(HotVoxelModel):
+    """Given a mask prompt, marks every warm voxel as well as the hot ones: as the real model, prompted closer in,
+    can answer a click on a lesion with the organ around it."""
+
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None):
+        logits, iou = super().decode(embedding, points, labels, boxes, mask_input)
+        return (logits if mask_input is None else embedding.features - float(normalise_suv(np.float32(1.0)))), iou
+
+
+def test_a_first_answer_inside_the_model_window_is_redrawn_closer_only_when_both_windows_agree():
+    """A 6.4 cm sphere runs out of the 6.4 cm fine crop and sits well inside the 12.8 cm window of the model's
+    scale: it is written from a window fitted to it, finer than the model's. A model that answers the closer
+    window with the warm block around the sphere (3.7 times its volume) disagrees, and the sphere from the
+    model's window stands."""
+    image = PetImage(np.full((100, 100, 100), 0.5, np.float32), np.diag([2.0, 2.0, 2.0, 1.0]), "RAS")
+    image.array[30:70, 30:70, 30:70] = 1.5  # the warm block (SUV 1.5 in 0.5), 8 cm
+    sphere = add_sphere(image, image.voxel_to_world([[49.5, 49.5, 49.5]])[0], 32.0)
+    zoom = lambda interaction: interaction.crop.step[0] * 2.0 / 4.0  # noqa: E731
+    for model, closer in ((HotVoxelModel(), True), (WarmWhenPromptedModel(), False)):
+        model.config = dataclasses.replace(model.config, min_zoom=0.5)
+        session = Session(model)
+        session.set_image(image)
+        result = session.add_point((49.5, 49.5, 49.5))
+        assert (0.5 < zoom(result) < 0.9) if closer else zoom(result) == pytest.approx(1.0)
+        assert dice(session.mask, sphere) > 0.9
 
 
 def test_a_click_keeps_only_the_object_it_is_on_and_a_click_on_another_adds_it():

@@ -36,6 +36,7 @@ MAX_ZOOM_ROUNDS = 3
 # it is dropped and the narrower kept: a thin structure (spine, aorta) can vanish from a window of 10 mm voxels,
 # and the blob left is worse than the piece the narrower window found
 KEEP_WHEN_WIDER = 0.5
+CLOSER_AT_MOST = 0.9  # a target's first answer is redrawn closer only in a window at least this much finer
 EMBEDDING_CACHE = 4
 
 
@@ -78,7 +79,8 @@ class Session:
     Once a prediction there runs into the crop's border, that prediction is dropped (cut off, it would
     be a wrong mask prompt) and the target is segmented from then on at the model's scale or wider:
     ``max_zoom`` times its spacing at most, the window refitted while the mask runs out of it
-    (nnInteractive's AutoZoom), unless the wider window loses the mask it was given.
+    (nnInteractive's AutoZoom), unless the wider window loses the mask it was given. A target's first
+    answer there that sits well inside the window is redrawn in a window fitted to it, when both agree.
     """
 
     def __init__(self, model: SegAnyPet | None = None, device: str | torch.device = "cpu", max_zoom: float = 4.0) -> None:
@@ -331,13 +333,8 @@ class Session:
             if zoom >= self.max_zoom - 1e-6 or not self._touches_border(crop, crop_logits > 0):
                 break
             # AutoZoom: the object runs out of the crop; refit the window to it, zoomed out at least 1.5x
-            coords = np.argwhere(crop_logits > 0)
-            lo, hi = crop.to_image(coords.min(0)), crop.to_image(coords.max(0))
-            prompt_lo, prompt_hi = self._prompt_extent(target)
-            lo, hi = np.minimum(lo, prompt_lo), np.maximum(hi, prompt_hi)
-            wider = self._fitted_crop(lo, hi, min_zoom=min(zoom * 1.5, self.max_zoom))
-            # this prediction, resampled from the old crop straight into the new one's low-res grid
-            inside = self._low_res(wider).relative_to(crop).sample(crop_logits, cval=-MASK_PROMPT_LOGIT) > 0
+            wider = self._refitted(target, crop, crop_logits, min_zoom=min(zoom * 1.5, self.max_zoom))
+            inside = self._resampled(crop_logits, crop, wider)
             wider_logits, wider_score = self._decode(target, wider, self._as_mask_prompt(inside))
             if _kept(wider_logits, inside) < KEEP_WHEN_WIDER:
                 log.debug("target %d lost at zoom %.2f: kept at %.2f", target.label, self._zoom(wider), zoom)
@@ -345,7 +342,49 @@ class Session:
             log.debug("target %d touches the crop border: zoom %.2f -> %.2f", target.label, zoom, self._zoom(wider))
             crop, logits, score = wider, wider_logits, wider_score
             crop_logits = self._upsampled(logits)
+        if fine is not None and before.crop is None and self._zoom(crop) <= 1 + 1e-6:
+            crop, crop_logits, logits, score = self._closer(target, crop, crop_logits, logits, score)
         return self._write(target, before, crop, crop_logits, logits, score)
+
+    def _refitted(self, target: Target, crop: CropGeometry, crop_logits: np.ndarray, min_zoom: float) -> CropGeometry:
+        """A window fitted to a prediction (and the prompts), at ``min_zoom`` or wider."""
+        coords = np.argwhere(crop_logits > 0)
+        prompt_lo, prompt_hi = self._prompt_extent(target)
+        lo = np.minimum(crop.to_image(coords.min(0)), prompt_lo)
+        hi = np.maximum(crop.to_image(coords.max(0)), prompt_hi)
+        return self._fitted_crop(lo, hi, min_zoom=min_zoom)
+
+    def _resampled(self, crop_logits: np.ndarray, crop: CropGeometry, other: CropGeometry) -> np.ndarray:
+        """A prediction in ``crop``, resampled straight into ``other``'s low-res grid (bool)."""
+        return self._low_res(other).relative_to(crop).sample(crop_logits, cval=-MASK_PROMPT_LOGIT) > 0
+
+    def _closer(self, target: Target, crop: CropGeometry, crop_logits: np.ndarray, logits: torch.Tensor,
+                score: float) -> tuple[CropGeometry, np.ndarray, torch.Tensor, float]:
+        """The first answer at the model's scale, redrawn in a window fitted to it, if the two agree.
+
+        A target too large for the fine crop but well inside the model's (a 5-7 cm bladder, kidney or
+        lesion) is otherwise drawn on the 6 mm mask grid of a 19 cm window. The closer window is
+        prompted with that answer and kept only if each keeps at least ``KEEP_WHEN_WIDER`` of the
+        other: closer in, a click on a lesion beside a hot organ can be answered with the organ."""
+        unchanged = crop, crop_logits, logits, score
+        if not (crop_logits > 0).any() or self._touches_border(crop, crop_logits > 0):
+            return unchanged
+        near = self._refitted(target, crop, crop_logits, min_zoom=self.model.config.min_zoom)
+        if self._zoom(near) > CLOSER_AT_MOST * self._zoom(crop):
+            return unchanged
+        inside = self._resampled(crop_logits, crop, near)
+        near_logits, near_score = self._decode(target, near, self._as_mask_prompt(inside))
+        near_crop_logits = self._upsampled(near_logits)
+        if not (near_crop_logits > 0).any() or self._touches_border(near, near_crop_logits > 0):
+            return unchanged
+        near_in_crop = crop.relative_to(near).sample(near_crop_logits, cval=-MASK_PROMPT_LOGIT) > 0
+        kept_back = (near_in_crop & (crop_logits > 0)).sum() / max(near_in_crop.sum(), 1)
+        if _kept(near_logits, inside) < KEEP_WHEN_WIDER or kept_back < KEEP_WHEN_WIDER:
+            log.debug("target %d: the closer window (zoom %.2f) disagrees; kept at %.2f", target.label,
+                      self._zoom(near), self._zoom(crop))
+            return unchanged
+        log.debug("target %d fits the model's window: redrawn closer, zoom %.2f", target.label, self._zoom(near))
+        return near, near_crop_logits, near_logits, near_score
 
     def _write(self, target: Target, before: Target, crop: CropGeometry, crop_logits: np.ndarray, logits: torch.Tensor,
                score: float) -> Interaction:
