@@ -124,18 +124,14 @@ def generate_case(seed: int, config: PhantomConfig | None = None) -> PhantomCase
     _paint_bowel_and_ureters(grid, tissue, activity, rng, s)
 
     instances = np.zeros(grid.shape, np.uint16)
-    lesions = _paint_lesions(grid, tissue, activity, instances, texture, uptake, rng, s, config.max_lesions)
+    # lesion profiles draw from their own stream: anatomy, uptake and noise of a seed stay as they were before it
+    profile_rng = np.random.default_rng([seed, 1])
+    lesions = _paint_lesions(grid, tissue, activity, instances, texture, uptake, rng, profile_rng, s, config.max_lesions)
     labels[instances > 0] = LESION_LABEL
 
     fwhm = rng.uniform(4.0, 8.0)
-    blurred = ndimage.gaussian_filter(activity, sigma=[fwhm / 2.3548 / sp for sp in grid.spacing], mode="constant")
     cov = rng.uniform(0.08, 0.16)
-    image = blurred
-    if config.noise:
-        white = ndimage.gaussian_filter(rng.standard_normal(grid.shape, dtype=np.float32), 0.7)
-        white /= white.std()
-        # variance grows with the signal (counts); scaled so that the liver shows the drawn CoV
-        image = np.maximum(blurred + cov * np.sqrt(uptake["liver"] * np.maximum(blurred, 0.0)) * white, 0.0)
+    image = scan(activity, grid.spacing, fwhm, cov, uptake["liver"], rng if config.noise else None)
 
     weight = float(np.clip(75.0 * s**3 * rng.uniform(0.85, 1.25), 40, 150))
     acquisition = AcquisitionInfo(
@@ -155,6 +151,19 @@ def generate_case(seed: int, config: PhantomConfig | None = None) -> PhantomCase
     pet = PetImage(image.astype(np.float32), grid.affine, "LPS", "SUVbw", meta)
     physics = {"scanner": scanner, "psf_fwhm_mm": round(fwhm, 2), "liver_cov": round(cov, 3)}
     return PhantomCase(pet, labels, instances, lesions, acquisition, uptake, physics)
+
+
+def scan(activity: np.ndarray, spacing, fwhm_mm: float, cov: float, reference_suv: float,
+         rng: np.random.Generator | None) -> np.ndarray:
+    """What the scanner shows of an activity map: a Gaussian PSF, then spatially correlated noise whose
+    variance grows with the signal (counts), scaled so that a region of ``reference_suv`` shows a CoV of ``cov``
+    (no noise without ``rng``)."""
+    blurred = ndimage.gaussian_filter(activity, sigma=[fwhm_mm / 2.3548 / sp for sp in spacing], mode="constant")
+    if rng is None:
+        return blurred
+    white = ndimage.gaussian_filter(rng.standard_normal(blurred.shape, dtype=np.float32), 0.7)
+    white /= white.std()
+    return np.maximum(blurred + cov * np.sqrt(reference_suv * np.maximum(blurred, 0.0)) * white, 0.0)
 
 
 # --- anatomy ------------------------------------------------------------------------------------
@@ -329,7 +338,7 @@ def _node_anchor(rng: np.random.Generator, s: float) -> np.ndarray:
     return np.array(stations[rng.integers(len(stations))], float) * s + rng.normal(0, 12, 3)
 
 
-def _paint_lesions(grid, tissue, activity, instances, texture, uptake, rng, s, max_lesions) -> list[Lesion]:
+def _paint_lesions(grid, tissue, activity, instances, texture, uptake, rng, profile_rng, s, max_lesions) -> list[Lesion]:
     n = 0 if rng.random() < 0.08 else int(rng.integers(1, max_lesions + 1)) if max_lesions else 0
     names, weights = zip(*((k, v[0]) for k, v in LESION_SITES.items()))
     body_core = tissue != T["air"]
@@ -361,7 +370,8 @@ def _paint_lesions(grid, tissue, activity, instances, texture, uptake, rng, s, m
         host_suv = float(np.median(activity[box][mask]))
         peak = float(np.clip(np.exp(rng.uniform(np.log(2.0), np.log(25.0))), max(2.0, 1.6 * host_suv + 0.5), 25.0))
         necrotic = diameter > 25 and rng.random() < 0.5
-        profile = peak * (1.0 - 0.35 * level**2) * (1.0 + 0.2 * texture[box])
+        # from flat (a NEMA sphere, a homogeneous node) to centrally peaked (edge at 65 % of the peak)
+        profile = peak * (1.0 - profile_rng.uniform(0.0, 0.35) * level**2) * (1.0 + 0.2 * texture[box])
         if necrotic:
             profile = np.where(level < rng.uniform(0.35, 0.6), rng.uniform(0.5, 1.5), profile)
         lesion_id = len(lesions) + 1
