@@ -1,0 +1,53 @@
+"""The simulated NEMA IEC body phantom: geometry and activity as the standard describes them, and the shipped model on it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from seganypet.eval.metrics import dice
+from seganypet.infer import Session
+from seganypet.phantom.nema import RING_RADIUS_MM, SPHERE_DIAMETERS_MM, nema_iec_case
+
+
+def test_spheres_have_their_nominal_volume_on_the_ring_at_the_asked_ratio():
+    case = nema_iec_case(ratio=4.0, fwhm_mm=0.01, cov=0.0)  # no blur, no noise: the activity map itself
+    voxel_ml = float(np.prod(case.image.spacing)) / 1000
+    assert [s.diameter_mm for s in case.lesions] == list(SPHERE_DIAMETERS_MM)
+    for sphere in case.lesions:
+        truth = case.instances == sphere.id
+        nominal_ml = np.pi / 6 * sphere.diameter_mm**3 / 1000
+        # the 10 and 13 mm spheres are 12 and 23 voxels of 50 uL: voxelised, good to ~20 %; the larger ones to ~5 %
+        assert truth.sum() * voxel_ml == pytest.approx(nominal_ml, rel=0.2 if sphere.diameter_mm < 17 else 0.06)
+        centre = case.image.voxel_to_world(np.argwhere(truth).mean(0)[None])[0]
+        assert np.hypot(centre[0], centre[1]) == pytest.approx(RING_RADIUS_MM, abs=1.5)
+        # the exact partial volume: the activity above background sums to the sphere's volume
+        near = ndimage.binary_dilation(truth, iterations=2)
+        excess_ml = (case.image.array[near] - 1.0).clip(0).sum() / 3.0 * voxel_ml
+        assert excess_ml == pytest.approx(nominal_ml, rel=0.02)
+    largest = case.instances == case.lesions[-1].id
+    assert case.image.array[largest].max() == pytest.approx(4.0)
+    assert case.image.array[tuple(np.array(case.image.shape) // 2)] == 0.0  # the cold lung insert on the axis
+
+
+def test_background_noise_has_the_asked_coefficient_of_variation():
+    case = nema_iec_case(ratio=4.0, cov=0.12, seed=3)
+    centre = np.array(case.image.shape) // 2
+    # a block of uniform background between the lung insert and the body wall, below the sphere plane
+    block = case.image.array[centre[0] + 10:centre[0] + 20, centre[1] - 5:centre[1] + 5, centre[2] - 12:centre[2] - 2]
+    assert block.mean() == pytest.approx(1.0, abs=0.03)
+    assert block.std() / block.mean() == pytest.approx(0.12, rel=0.2)
+
+
+def test_the_shipped_model_outlines_the_large_spheres_at_8_to_1_from_one_click():
+    """At the high contrast of the standard the model's first answer on the 22-37 mm spheres is the sphere.
+    (At 4:1 it is not yet: benchmarks/nema.py and the model card give those figures.)"""
+    case = nema_iec_case(ratio=8.0, seed=1)
+    session = Session()
+    session.set_image(case.image)
+    for sphere in case.lesions[3:]:
+        truth = case.instances == sphere.id
+        session.new_target()
+        session.add_point(np.round(case.image.world_to_voxel(np.array([sphere.center_mm]))[0]))
+        assert dice(session.mask, truth) > 0.8, sphere.diameter_mm
