@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
+from seganypet.errors import SegAnyPetError
 from seganypet.eval.metrics import dice
 from seganypet.infer import Session
 from seganypet.phantom.nema import RING_RADIUS_MM, SPHERE_DIAMETERS_MM, nema_iec_case
@@ -51,3 +52,8 @@ def test_the_shipped_model_outlines_the_large_spheres_at_8_to_1_from_one_click()
         session.new_target()
         session.add_point(np.round(case.image.world_to_voxel(np.array([sphere.center_mm]))[0]))
         assert dice(session.mask, truth) > 0.8, sphere.diameter_mm
+
+
+def test_an_unknown_scanner_is_a_clear_error():
+    with pytest.raises(SegAnyPetError, match="unknown scanner 'biograph'; choose one of"):
+        nema_iec_case(scanner="biograph")

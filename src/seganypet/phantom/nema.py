@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from seganypet.errors import SegAnyPetError
 from seganypet.io.dicom_write import AcquisitionInfo
 from seganypet.io.image import PetImage, PetMetadata
 from seganypet.phantom.generate import LESION_LABEL, SCANNERS, Lesion, PhantomCase, scan
@@ -43,6 +44,8 @@ def sphere_centres_mm() -> np.ndarray:
 def nema_iec_case(ratio: float = 4.0, seed: int = 0, scanner: str = "siemens_biograph_mct", fwhm_mm: float = 6.0,
                   cov: float = 0.10, background_suv: float = 1.0) -> PhantomCase:
     """The phantom at sphere-to-background ``ratio``; ``seed`` draws the noise only (``cov`` in the background)."""
+    if scanner not in SCANNERS:
+        raise SegAnyPetError(f"unknown scanner {scanner!r}; choose one of {', '.join(SCANNERS)}")
     matrix, pixel, slice_mm = SCANNERS[scanner]
     n_k = int(np.ceil((BODY_LENGTH_MM + 60.0) / slice_mm))
     grid = Grid((matrix, matrix, n_k), (pixel, pixel, slice_mm),
