@@ -7,7 +7,9 @@ import pytest
 from scipy import ndimage
 
 from seganypet.errors import SegAnyPetError
+from seganypet.eval import EvalConfig, run_evaluation
 from seganypet.eval.metrics import dice
+from seganypet.eval.runner import load_rows
 from seganypet.infer import Session
 from seganypet.phantom.nema import RING_RADIUS_MM, SPHERE_DIAMETERS_MM, nema_iec_case
 
@@ -57,3 +59,20 @@ def test_the_shipped_model_outlines_the_large_spheres_at_8_to_1_from_one_click()
 def test_an_unknown_scanner_is_a_clear_error():
     with pytest.raises(SegAnyPetError, match="unknown scanner 'biograph'; choose one of"):
         nema_iec_case(scanner="biograph")
+
+
+def test_the_phantom_command_writes_nema_cases_that_the_harness_scores_sphere_by_sphere(tmp_path):
+    import subprocess
+    import sys
+
+    command = [sys.executable, "-m", "seganypet.cli", "-q", "phantom", "-o", str(tmp_path / "nema"), "--nema", "8"]
+    done = subprocess.run(command, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "nema" / "imagesTs" / "nema_8to1_00_0000.nii.gz").is_file()
+    run_evaluation(EvalConfig(str(tmp_path / "nema"), str(tmp_path / "eval"), "pct50", clicks=(1,)))
+    rows = load_rows(tmp_path / "eval")
+    assert sorted(r["diameter_mm"] for r in rows) == pytest.approx(SPHERE_DIAMETERS_MM, abs=1.5)  # equivalent diameters
+    largest = max(rows, key=lambda r: r["diameter_mm"])
+    assert largest["site"] == "sphere" and largest["dice"] > 0.9  # 50 % of SUVmax outlines a 37 mm sphere at 8:1
+    bad = subprocess.run([*command[:-1], "0"], capture_output=True, text=True)
+    assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == "error: --nema ratios must be positive, got 0"

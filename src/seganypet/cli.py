@@ -238,10 +238,11 @@ def phantom(
     mip: Annotated[bool, typer.Option("--mip", help="Also write a coronal MIP PNG per case.")] = False,
     scanner: Annotated[Optional[str], typer.Option("--scanner", help="Scanner matrix/voxel preset (default: drawn per case).")] = None,
     workers: Annotated[int, typer.Option("--workers", "-j", help="Cases generated in parallel (processes).")] = 1,
+    nema: Annotated[list[float], typer.Option("--nema", help="Instead: the NEMA IEC body phantom at this sphere-to-background ratio (repeatable; --test-cases noise draws each, at least 1).")] = [],  # noqa: B006
 ) -> None:
     """Generate synthetic whole-body FDG PET cases with ground truth."""
     from seganypet.phantom import PhantomConfig
-    from seganypet.phantom.dataset import write_phantom_dataset
+    from seganypet.phantom.dataset import write_nema_dataset, write_phantom_dataset
     from seganypet.phantom.generate import SCANNERS
 
     if cases < 0 or test_cases < 0:
@@ -250,6 +251,12 @@ def phantom(
         raise SegAnyPetError(f"--noisy-labels must be between 0 and 1, got {noisy_labels}")
     if scanner is not None and scanner not in SCANNERS:
         raise SegAnyPetError(f"unknown scanner {scanner!r}; choose one of {', '.join(SCANNERS)}")
+    if nema:
+        if any(ratio <= 0 for ratio in nema):
+            raise SegAnyPetError(f"--nema ratios must be positive, got {', '.join(f'{r:g}' for r in nema)}")
+        write_nema_dataset(output, nema, max(test_cases, 1), scanner or "siemens_biograph_mct", dicom)
+        log.info("wrote the NEMA IEC phantom at %s to %s", ", ".join(f"{r:g}:1" for r in nema), output)
+        return
     write_phantom_dataset(output, cases, test_cases, seed, noisy_labels, dicom, mip, PhantomConfig(scanner=scanner), workers)
     log.info("wrote %d + %d cases to %s", cases, test_cases, output)
 

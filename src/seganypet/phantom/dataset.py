@@ -12,7 +12,8 @@ Layout (nnU-Net v2, with seganypet's extras beside it)::
     DIR/dicom/phantom_00000/                  optional PET DICOM series
     DIR/mip/phantom_00000.png                 optional coronal MIP
 
-Cases already written are skipped, so an interrupted run resumes where it stopped.
+The NEMA IEC body phantom goes into the same layout (held-out cases ``nema_4to1_00`` ..., each sphere a
+lesion instance). Cases already written are skipped, so an interrupted run resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ import numpy as np
 from seganypet import __version__
 from seganypet.io.dicom_write import write_pet_dicom
 from seganypet.io.write import write_atomic, write_nifti
-from seganypet.phantom.generate import LABELS, PhantomConfig, generate_case
+from seganypet.phantom.generate import LABELS, LESION_LABEL, PhantomCase, PhantomConfig, generate_case
+from seganypet.phantom.nema import nema_iec_case
 from seganypet.phantom.noise import corrupt_labels
-from seganypet.progress import track_map
+from seganypet.progress import track, track_map
 
 INSTANCES_DIR = {"Tr": "instancesTr", "Ts": "instancesTs"}
 
@@ -50,12 +52,17 @@ def write_json(path: Path, payload: dict) -> Path:
 
 
 def write_case(out: Path, seed: int, split: str, noisy: bool, dicom: bool, mip: bool, config: PhantomConfig | None) -> dict:
-    name = case_name(seed)
     case = generate_case(seed, config)
     noise_applied: list = []
     labels = case.labels
     if noisy:
         labels, noise_applied = corrupt_labels(case.labels, case.instances, np.random.default_rng(seed + 104729))
+    return _write_files(out, case_name(seed), case, split, labels, dicom, mip,
+                        {"seed": seed, "label_quality": "noisy" if noisy else "clean", "noise_applied": noise_applied})
+
+
+def _write_files(out: Path, name: str, case: PhantomCase, split: str, labels: np.ndarray, dicom: bool, mip: bool,
+                 extra: dict) -> dict:
     if dicom:
         write_pet_dicom(case.image, out / "dicom" / name, case.acquisition)
     if mip:
@@ -68,8 +75,7 @@ def write_case(out: Path, seed: int, split: str, noisy: bool, dicom: bool, mip: 
         write_nifti(case.image, out / "labelsTr_clean" / f"{name}.nii.gz", case.labels)
     write_nifti(case.image, out / INSTANCES_DIR[split] / f"{name}.nii.gz", case.instances)
     meta = {
-        "case": name, "seed": seed, "split": split, "label_quality": "noisy" if noisy else "clean",
-        "noise_applied": noise_applied, "lesions": [asdict(lesion) for lesion in case.lesions],
+        "case": name, "split": split, **extra, "lesions": [asdict(lesion) for lesion in case.lesions],
         "uptake_suv": {k: round(v, 3) for k, v in case.uptake.items()}, "physics": case.physics,
         "acquisition": asdict(case.acquisition), "shape": case.image.shape,
         "spacing_mm": [round(float(v), 4) for v in case.image.spacing],
@@ -122,4 +128,25 @@ def write_phantom_dataset(
         },
     }
     write_json(out / "dataset.json", dataset)
+    return out
+
+
+def write_nema_dataset(out: str | Path, ratios: list[float], realisations: int = 1, scanner: str = "siemens_biograph_mct",
+                       dicom: bool = False) -> Path:
+    """The NEMA IEC body phantom at each sphere-to-background ratio, ``realisations`` noise draws each, as held-out
+    cases (``imagesTs``; each sphere a lesion instance), so that ``seganypet evaluate`` scores any method on it."""
+    out = Path(out)
+    jobs = [(ratio, seed) for ratio in ratios for seed in range(realisations)]
+    for ratio, seed in track(jobs, "writing NEMA phantoms"):
+        name = f"nema_{ratio:g}to1_{seed:02d}".replace(".", "p")
+        if (out / "imagesTs" / f"{name}_0000.nii.gz").exists():
+            continue
+        case = nema_iec_case(ratio, seed=seed, scanner=scanner)
+        _write_files(out, name, case, "Ts", case.labels, dicom, False, {"seed": seed, "label_quality": "clean"})
+    write_json(out / "dataset.json", {
+        "name": out.name, "description": "seganypet NEMA NU 2 / IEC body phantom, simulated (SUVbw)",
+        "channel_names": {"0": "PET"}, "labels": {"background": 0, "lesion": LESION_LABEL}, "numTraining": 0,
+        "file_ending": ".nii.gz",
+        "seganypet": {"version": __version__, "units": "SUVbw", "instances": "instancesTs: one id per sphere, 10 to 37 mm"},
+    })
     return out
