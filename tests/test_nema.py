@@ -76,3 +76,7 @@ def test_the_phantom_command_writes_nema_cases_that_the_harness_scores_sphere_by
     assert largest["site"] == "sphere" and largest["dice"] > 0.9  # 50 % of SUVmax outlines a 37 mm sphere at 8:1
     bad = subprocess.run([*command[:-1], "0"], capture_output=True, text=True)
     assert bad.returncode != 0 and bad.stderr.strip().splitlines()[-1] == "error: --nema ratios must be positive, got 0"
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "dataset.json").write_text('{"description": "whole-body phantoms"}')
+    mixed = subprocess.run([*command[:6], str(tmp_path / "other"), *command[7:]], capture_output=True, text=True)
+    assert mixed.returncode != 0 and "write the NEMA phantom to a folder of its own" in mixed.stderr.strip().splitlines()[-1]

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from seganypet import __version__
+from seganypet.errors import SegAnyPetError
 from seganypet.io.dicom_write import write_pet_dicom
 from seganypet.io.write import write_atomic, write_nifti
 from seganypet.phantom.generate import LABELS, LESION_LABEL, PhantomCase, PhantomConfig, generate_case
@@ -136,6 +137,10 @@ def write_nema_dataset(out: str | Path, ratios: list[float], realisations: int =
     """The NEMA IEC body phantom at each sphere-to-background ratio, ``realisations`` noise draws each, as held-out
     cases (``imagesTs``; each sphere a lesion instance), so that ``seganypet evaluate`` scores any method on it."""
     out = Path(out)
+    description = "seganypet NEMA NU 2 / IEC body phantom, simulated (SUVbw)"
+    existing = out / "dataset.json"
+    if existing.is_file() and json.loads(existing.read_text()).get("description") != description:
+        raise SegAnyPetError("holds another dataset: write the NEMA phantom to a folder of its own", out)
     jobs = [(ratio, seed) for ratio in ratios for seed in range(realisations)]
     for ratio, seed in track(jobs, "writing NEMA phantoms"):
         name = f"nema_{ratio:g}to1_{seed:02d}".replace(".", "p")
@@ -144,7 +149,7 @@ def write_nema_dataset(out: str | Path, ratios: list[float], realisations: int =
         case = nema_iec_case(ratio, seed=seed, scanner=scanner)
         _write_files(out, name, case, "Ts", case.labels, dicom, False, {"seed": seed, "label_quality": "clean"})
     write_json(out / "dataset.json", {
-        "name": out.name, "description": "seganypet NEMA NU 2 / IEC body phantom, simulated (SUVbw)",
+        "name": out.name, "description": description,
         "channel_names": {"0": "PET"}, "labels": {"background": 0, "lesion": LESION_LABEL}, "numTraining": 0,
         "file_ending": ".nii.gz",
         "seganypet": {"version": __version__, "units": "SUVbw", "instances": "instancesTs: one id per sphere, 10 to 37 mm"},
