@@ -139,8 +139,13 @@ def write_nema_dataset(out: str | Path, ratios: list[float], realisations: int =
     out = Path(out)
     description = "seganypet NEMA NU 2 / IEC body phantom, simulated (SUVbw)"
     existing = out / "dataset.json"
-    if existing.is_file() and json.loads(existing.read_text()).get("description") != description:
-        raise SegAnyPetError("holds another dataset: write the NEMA phantom to a folder of its own", out)
+    if existing.is_file():
+        try:
+            ours = json.loads(existing.read_text()).get("description") == description
+        except (json.JSONDecodeError, AttributeError):
+            ours = False
+        if not ours:
+            raise SegAnyPetError("holds another dataset: write the NEMA phantom to a folder of its own", out)
     jobs = [(ratio, seed) for ratio in ratios for seed in range(realisations)]
     for ratio, seed in track(jobs, "writing NEMA phantoms"):
         name = f"nema_{ratio:g}to1_{seed:02d}".replace(".", "p")

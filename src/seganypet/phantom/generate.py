@@ -143,14 +143,18 @@ def generate_case(seed: int, config: PhantomConfig | None = None) -> PhantomCase
         uptake_s=float(rng.uniform(55, 75) * 60),
         patient_id=f"PHANTOM{seed:05d}",
     )
-    meta = PetMetadata(patient_weight_kg=acquisition.weight_kg, patient_height_m=acquisition.height_m,
+    pet = PetImage(image.astype(np.float32), grid.affine, "LPS", "SUVbw", pet_metadata(acquisition))
+    physics = {"scanner": scanner, "psf_fwhm_mm": round(fwhm, 2), "liver_cov": round(cov, 3)}
+    return PhantomCase(pet, labels, instances, lesions, acquisition, uptake, physics)
+
+
+def pet_metadata(acquisition: AcquisitionInfo) -> PetMetadata:
+    """What a phantom's image carries about its (simulated) FDG acquisition, as a scan read from DICOM would."""
+    return PetMetadata(patient_weight_kg=acquisition.weight_kg, patient_height_m=acquisition.height_m,
                        patient_sex=acquisition.sex, tracer="Fluorodeoxyglucose", radionuclide="^18^Fluorine",
                        injected_dose_bq=acquisition.dose_bq, half_life_s=acquisition.half_life_s,
                        injection_time=acquisition.injection_time, scan_time=acquisition.scan_time,
                        patient_id=acquisition.patient_id, manufacturer=acquisition.manufacturer)
-    pet = PetImage(image.astype(np.float32), grid.affine, "LPS", "SUVbw", meta)
-    physics = {"scanner": scanner, "psf_fwhm_mm": round(fwhm, 2), "liver_cov": round(cov, 3)}
-    return PhantomCase(pet, labels, instances, lesions, acquisition, uptake, physics)
 
 
 def scan(activity: np.ndarray, spacing, fwhm_mm: float, cov: float, reference_suv: float,

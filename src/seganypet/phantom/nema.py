@@ -14,8 +14,8 @@ import numpy as np
 
 from seganypet.errors import SegAnyPetError
 from seganypet.io.dicom_write import AcquisitionInfo
-from seganypet.io.image import PetImage, PetMetadata
-from seganypet.phantom.generate import LESION_LABEL, SCANNERS, Lesion, PhantomCase, scan
+from seganypet.io.image import PetImage
+from seganypet.phantom.generate import LESION_LABEL, SCANNERS, Lesion, PhantomCase, pet_metadata, scan
 from seganypet.phantom.shapes import Grid
 
 SPHERE_DIAMETERS_MM = (10.0, 13.0, 17.0, 22.0, 28.0, 37.0)
@@ -74,10 +74,7 @@ def nema_iec_case(ratio: float = 4.0, seed: int = 0, scanner: str = "siemens_bio
     image = scan(activity, grid.spacing, fwhm_mm, cov, background_suv, np.random.default_rng(seed))
     acquisition = AcquisitionInfo(patient_id="NEMA_IEC", patient_name="Phantom^NEMA IEC body",
                                   series_description=f"NEMA IEC body phantom {ratio:g}:1")
-    meta = PetMetadata(patient_weight_kg=acquisition.weight_kg, injected_dose_bq=acquisition.dose_bq,
-                       half_life_s=acquisition.half_life_s, injection_time=acquisition.injection_time,
-                       scan_time=acquisition.scan_time, patient_id=acquisition.patient_id, manufacturer=acquisition.manufacturer)
-    pet = PetImage(image.astype(np.float32), grid.affine, "LPS", "SUVbw", meta)
+    pet = PetImage(image.astype(np.float32), grid.affine, "LPS", "SUVbw", pet_metadata(acquisition))
     labels = np.where(instances > 0, LESION_LABEL, 0).astype(np.uint8)
     physics = {"scanner": scanner, "psf_fwhm_mm": fwhm_mm, "background_cov": cov, "ratio": ratio}
     return PhantomCase(pet, labels, instances, lesions, acquisition, {"background": background_suv}, physics)
