@@ -19,7 +19,7 @@ from seganypet.infer import Session
 from seganypet.io import read_pet
 from seganypet.modeling import build_model, load_model, normalise_suv, read_checkpoint
 from seganypet.train import InteractiveLoss, LoopConfig, TrainConfig, mixed_loss, ramp_up, rectify, train
-from seganypet.train.data import TargetRef, TrainingData, choose_target
+from seganypet.train.data import TargetRef, TrainingData, choose_target, sample_crop
 
 
 def fixed_batch(model):
@@ -193,6 +193,24 @@ def test_organ_weights_draw_a_weighted_organ_in_proportion_and_leave_the_lesion_
     assert abs(plain.count("aorta") / (6000 - plain.count("lesion")) - 1 / 3) < 0.03
     assert abs(organs.count("aorta") / len(organs) - 4 / 6) < 0.03
     assert abs(weighted.count("lesion") / 6000 - 0.4) < 0.03
+
+
+def test_suv_scale_multiplies_a_whole_crop_by_one_log_uniform_factor(tmp_path):
+    """The intensity augmentation: the same draw with ``suv_scale`` 1 and 2 gives the same crop up to one factor
+    per crop, spread log-uniformly over 1/2..2 (so a lesion's outline is taught at SUVs from half to twice its own)."""
+    data = TrainingData(write_tiny_dataset(tmp_path / "Dataset001_Tiny"), tmp_path / "cache")
+    config = build_model("test").config
+    factors = []
+    for seed in range(120):
+        plain = sample_crop(data, config, np.random.default_rng(seed), suv_scale=1.0)
+        scaled = sample_crop(data, config, np.random.default_rng(seed), suv_scale=2.0)
+        assert np.array_equal(plain.target, scaled.target)
+        ratio = scaled.suv[plain.suv > 0.5] / plain.suv[plain.suv > 0.5]
+        assert np.ptp(ratio) < 1e-4 * ratio.mean()
+        factors.append(float(ratio.mean()))
+    logs = np.log2(factors)
+    assert logs.min() >= -1 - 1e-6 and logs.max() <= 1 + 1e-6
+    assert np.histogram(logs, bins=4, range=(-1, 1))[0].min() >= 15  # every quarter of the log range is drawn
 
 
 def test_a_weight_for_an_organ_the_dataset_lacks_is_a_clear_error(tmp_path):

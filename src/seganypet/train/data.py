@@ -257,9 +257,12 @@ def choose_target(targets: list[TargetRef], rng: np.random.Generator, lesion_fra
 
 
 def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generator, lesion_fraction: float = 0.4,
-                max_zoom: float = 4.0, click_centred: float = 0.5, weights: dict[str, float] | None = None) -> Sample:
-    """One (case, target) crop, flipped left-right at random, SUV scaled by 0.8-1.25 (calibration and
-    uptake-time spread). Two framings, as the session makes them:
+                max_zoom: float = 4.0, click_centred: float = 0.5, weights: dict[str, float] | None = None,
+                suv_scale: float = 1.25) -> Sample:
+    """One (case, target) crop, flipped left-right at random, its SUV multiplied by a factor drawn log-uniformly
+    from 1/``suv_scale`` to ``suv_scale`` (calibration, uptake time, habitus and tracer move a lesion's SUV while
+    its outline stays; with too narrow a spread the model learns an absolute SUV level for an edge). Two
+    framings, as the session makes them:
 
     - fitted (the crop after auto-zoom or later clicks): centred near the target's box centre, zoomed to fit it
       (in to ``config.min_zoom`` for a small lesion, out for a large organ), +-15 % zoom jitter;
@@ -293,7 +296,7 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
         voxel = tuple(int(v) for v in np.clip(np.round(centred.to_crop(point)), 0, config.crop_size - 1))
         if centred_mask[voxel]:
             crop, mask, click = centred, centred_mask, voxel
-    suv = crop.sample(arrays.suv) * rng.uniform(0.8, 1.25)
+    suv = crop.sample(arrays.suv) * np.exp(rng.uniform(-np.log(suv_scale), np.log(suv_scale)))
     if rng.random() < 0.5:
         suv, mask = suv[::-1].copy(), mask[::-1].copy()
         click = (config.crop_size - 1 - click[0], *click[1:]) if click else None

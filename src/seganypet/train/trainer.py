@@ -47,6 +47,7 @@ class TrainConfig:
     exclude: tuple[str, ...] = ()  # label names or lesion sites left out (unseen-target experiments)
     lesion_fraction: float = 0.4
     organ_weights: tuple[tuple[str, float], ...] = ()  # (label name, weight): organs drawn in proportion (default 1)
+    suv_scale: float = 1.25  # crops' SUV multiplied by a log-uniform factor in [1/suv_scale, suv_scale]
     bf16: str = "auto"  # autocast the step in bf16: auto (where bf16 units exist), on, off
     cpcl_rampup: int = 2000
     cpcl_weight: float = 1.0
@@ -76,7 +77,8 @@ class StepBatches(torch.utils.data.Dataset):
 
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.cfg.seed, self.rank, step])
-        samples = [sample_crop(self.data, self.config, rng, self.cfg.lesion_fraction, weights=self.weights) for _ in range(self.cfg.batch)]
+        samples = [sample_crop(self.data, self.config, rng, self.cfg.lesion_fraction, weights=self.weights,
+                               suv_scale=self.cfg.suv_scale) for _ in range(self.cfg.batch)]
         crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None]
         targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None]
         noisy = torch.tensor([s.noisy for s in samples])
