@@ -12,6 +12,7 @@ from seganypet.baselines import segment_classical
 from seganypet.clicks import centre_of, first_click, jittered_box, next_click
 from seganypet.eval import EvalConfig, area_under_curve, dice, false_volumes, nsd, run_evaluation
 from seganypet.eval import runner as runner_module
+from seganypet.eval.metrics import equivalent_diameter_mm
 from seganypet.io import read_pet
 from seganypet.prompts import Prompts
 
@@ -141,3 +142,23 @@ def test_lesions_are_also_summarised_by_the_site_their_metadata_names(tmp_path):
     assert by_group["lesion in liver"]["dice_mean"] == pytest.approx(lesion["case1"]["dice"])
     assert by_group["lesion"]["n"] == 2
     assert all(r["site"] == "" for r in result["rows"] if r["structure"] == "organ")
+
+
+def test_without_instance_files_a_lesion_is_scored_against_its_component_and_summarised_by_its_suvmax(tmp_path):
+    """The tiny dataset has no instancesTr, as most users' nnU-Net datasets: a lesion is a component of the lesion
+    label (it was once scored against the label value equal to the component's index: here the organ)."""
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
+    run_evaluation(EvalConfig(str(data), str(tmp_path / "eval"), "pct41", clicks=(1,), split="Tr"))
+    result = json.loads((tmp_path / "eval" / "results.json").read_text())
+    image = read_pet(data / "imagesTr" / "case0_0000.nii.gz")
+    truth = np.rint(read_pet(data / "labelsTr" / "case0.nii.gz").array) == 2
+    lesion = next(r for r in result["rows"] if r["case"] == "case0" and r["structure"] == "lesion")
+    assert lesion["diameter_mm"] == pytest.approx(equivalent_diameter_mm(truth, image.spacing), abs=0.05)
+    assert lesion["suvmax"] == pytest.approx(float(image.array[truth].max()), abs=1e-3)
+    assert 5 <= lesion["suvmax"] < 10  # 0.8 + 7 with noise: the middle group
+    by_group = {s["structure"]: s for s in result["summary"]}
+    assert by_group["lesion SUVmax 5-10"]["n"] == 2 and "lesion SUVmax < 5" not in by_group
+    assert runner_module.group_keys({**lesion, "suvmax": 4.99}) == ["lesion", f"lesion {lesion['size_group']}", "lesion SUVmax < 5"]
+    assert runner_module.group_keys({**lesion, "suvmax": 10.0})[-1] == "lesion SUVmax >= 10"
+    organ = next(r for r in result["rows"] if r["structure"] == "organ")
+    assert runner_module.group_keys(organ) == ["organ"]

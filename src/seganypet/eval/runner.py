@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy import ndimage
 
 from seganypet.clicks import first_click, jittered_box, next_click
 from seganypet.errors import SegAnyPetError
@@ -26,10 +25,13 @@ from seganypet.eval.segmenters import Segmenter, make_segmenter
 from seganypet.io import read_pet
 from seganypet.io.write import write_atomic
 from seganypet.progress import track
-from seganypet.train.data import LESION_NAMES, case_targets, label_names, lesion_sites, list_cases, read_dataset_json
+from seganypet.train.data import case_targets, label_names, lesion_components, lesion_sites, list_cases, read_dataset_json
 
 log = logging.getLogger(__name__)
 SIZE_GROUPS = (("< 10 mm", 0.0, 10.0), ("10-30 mm", 10.0, 30.0), ("> 30 mm", 30.0, float("inf")))
+# lesions also by uptake: a model can learn an absolute SUV for an edge and outline only the core of a faint lesion,
+# which the size groups hide (measured: lesions under SUVmax 5 at -35 % MTV where hotter ones are right)
+UPTAKE_GROUPS = (("SUVmax < 5", 0.0, 5.0), ("SUVmax 5-10", 5.0, 10.0), ("SUVmax >= 10", 10.0, float("inf")))
 
 
 @dataclass(frozen=True)
@@ -51,21 +53,26 @@ def size_group(diameter_mm: float) -> str:
     return next(name for name, lo, hi in SIZE_GROUPS if lo <= diameter_mm < hi)
 
 
+def uptake_group(suvmax: float) -> str:
+    return next(name for name, lo, hi in UPTAKE_GROUPS if lo <= suvmax < hi)
+
+
 def group_keys(row: dict) -> list[str]:
-    """The summary groups a row counts in: its structure and, for a lesion, its size group and its site
-    (where the dataset's ``metadata/{case}.json`` names one; the unseen-site experiment needs it)."""
+    """The summary groups a row counts in: its structure and, for a lesion, its size group, its uptake group
+    (true SUVmax) and its site (where the dataset's ``metadata/{case}.json`` names one; the unseen-site
+    experiment needs it)."""
     keys = [row["structure"]]
     if row["size_group"]:
         keys.append(f"lesion {row['size_group']}")
+    if row["size_group"] and row.get("suvmax") is not None:  # rows written before uptake was recorded have none
+        keys.append(f"lesion {uptake_group(row['suvmax'])}")
     if row.get("site"):
         keys.append(f"lesion in {row['site']}")
     return keys
 
 
-def _truth(labels: np.ndarray, instances: np.ndarray | None, target) -> np.ndarray:
-    if target.kind == "instance" and instances is not None:
-        return instances == target.value
-    return labels == target.value
+def _truth(labels: np.ndarray, instances: np.ndarray, target) -> np.ndarray:
+    return (instances if target.kind == "instance" else labels) == target.value
 
 
 def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalConfig, rng: np.random.Generator) -> list[dict]:
@@ -96,21 +103,20 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
     image = read_pet(folder / f"images{cfg.split}" / f"{case}_0000{ending}")
     labels = np.rint(read_pet(folder / f"labels{cfg.split}" / f"{case}{ending}").array).astype(np.uint16)
     inst_path = folder / f"instances{cfg.split}" / f"{case}{ending}"
-    instances = np.rint(read_pet(inst_path).array).astype(np.uint16) if inst_path.is_file() else None
+    # without an instance map, a lesion is a component of the lesion label: the targets and their truth must agree
+    instances = np.rint(read_pet(inst_path).array).astype(np.uint16) if inst_path.is_file() else lesion_components(labels, names)
     if cfg.protocol == "autopet":
         from seganypet.eval.autopet import evaluate_autopet_case
 
-        lesion_values = [v for v, n in names.items() if n.lower() in LESION_NAMES]
-        lesions = instances if instances is not None else ndimage.label(np.isin(labels, lesion_values), structure=np.ones((3, 3, 3)))[0]
-        if not lesions.any():
+        if not instances.any():
             return []
         rng = np.random.default_rng([cfg.seed, zlib.crc32(case.encode())])
         return [{"case": case, "method": segmenter.name, "protocol": "autopet", **row}
-                for row in evaluate_autopet_case(segmenter, image, lesions.astype(np.int32), rng)]
+                for row in evaluate_autopet_case(segmenter, image, instances.astype(np.int32), rng)]
     segmenter.set_image(image)
     rows = []
     wanted = {t.lower() for t in cfg.targets}
-    sites = lesion_sites(folder / "metadata" / f"{case}.json")  # used only where instances name the lesions
+    sites = lesion_sites(folder / "metadata" / f"{case}.json") if inst_path.is_file() else {}  # ids of the instance map
     for index, target in enumerate(case_targets(case, labels, instances, names, sites)):
         if wanted and target.name.lower() not in wanted:
             continue
@@ -119,7 +125,8 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
         diameter = equivalent_diameter_mm(truth, image.spacing)
         base = {"case": case, "structure": target.name, "target": f"{target.name}_{target.value}", "method": segmenter.name,
                 "protocol": cfg.protocol, "diameter_mm": round(diameter, 1),
-                "size_group": size_group(diameter) if target.kind == "instance" else "", "site": target.site or ""}
+                "size_group": size_group(diameter) if target.kind == "instance" else "", "site": target.site or "",
+                "suvmax": round(float(image.array[truth].max()), 3)}
         rows += [{**base, **row} for row in evaluate_target(segmenter, image, truth, cfg, rng)]
     return rows
 

@@ -100,6 +100,12 @@ def lesion_sites(path: Path) -> dict[int, str]:
     return {int(les["id"]): les["site"] for les in lesions if isinstance(les, dict) and "id" in les and les.get("site")}
 
 
+def lesion_components(labels: np.ndarray, names: dict[int, str]) -> np.ndarray:
+    """One id per lesion where a dataset has no instance map: the 26-connected components of its lesion label(s)."""
+    lesion_values = [v for v, n in names.items() if n.lower() in LESION_NAMES]
+    return ndimage.label(np.isin(labels, lesion_values), structure=np.ones((3, 3, 3)))[0]
+
+
 def case_targets(case: str, labels: np.ndarray, instances: np.ndarray | None, names: dict[int, str], sites: dict[int, str],
                  site_instances: np.ndarray | None = None) -> list[TargetRef]:
     """Every organ class and every lesion of one case. Lesions are ``instances`` or, without them, the
@@ -117,7 +123,7 @@ def case_targets(case: str, labels: np.ndarray, instances: np.ndarray | None, na
             targets.append(_ref(case, "class", value, name, mask))
     if lesion_values:
         if instances is None:
-            instances, _ = ndimage.label(np.isin(labels, lesion_values), structure=np.ones((3, 3, 3)))
+            instances = lesion_components(labels, names)
         for index, box in enumerate(ndimage.find_objects(instances), start=1):
             if box is None:
                 continue
