@@ -30,7 +30,8 @@ from seganypet.train.data import case_targets, label_names, lesion_components, l
 log = logging.getLogger(__name__)
 SIZE_GROUPS = (("< 10 mm", 0.0, 10.0), ("10-30 mm", 10.0, 30.0), ("> 30 mm", 30.0, float("inf")))
 # lesions also by uptake: a model can learn an absolute SUV for an edge and outline only the core of a faint lesion,
-# which the size groups hide (measured: lesions under SUVmax 5 at -35 % MTV where hotter ones are right)
+# which the size groups hide (measured on held-out phantoms, median MTV error at 1 click: -21 % under SUVmax 5, -35 %
+# for those of 10 mm or more; -17 % at SUVmax 5-10; +5 % at 10 or more)
 UPTAKE_GROUPS = (("SUVmax < 5", 0.0, 5.0), ("SUVmax 5-10", 5.0, 10.0), ("SUVmax >= 10", 10.0, float("inf")))
 
 
