@@ -213,6 +213,29 @@ def test_suv_scale_multiplies_a_whole_crop_by_one_log_uniform_factor(tmp_path):
     assert np.histogram(logs, bins=4, range=(-1, 1))[0].min() >= 15  # every quarter of the log range is drawn
 
 
+def test_centre_clicks_put_the_first_click_where_people_click_deep_inside_the_target(tmp_path):
+    """``centre_clicks``: the first click of a click-centred crop at the target's deepest voxel (within the
+    crop's one-voxel jitter), as a person's first click and the evaluation's; without it, anywhere inside."""
+    from scipy import ndimage
+
+    data = TrainingData(write_tiny_dataset(tmp_path / "Dataset001_Tiny"), tmp_path / "cache")
+    config = build_model("test").config
+
+    def shortfalls(centre_clicks):  # how far (crop voxels) each first click lies from the target's deepest
+        out = []
+        for seed in range(60):
+            sample = sample_crop(data, config, np.random.default_rng(seed), click_centred=1.0, centre_clicks=centre_clicks)
+            if sample.click is not None:
+                depth = ndimage.distance_transform_edt(np.pad(sample.target, 1))[1:-1, 1:-1, 1:-1]
+                out.append(depth.max() - depth[sample.click])
+        return np.array(out)
+
+    centre, anywhere = shortfalls(1.0), shortfalls(0.0)
+    assert len(centre) >= 40 and len(anywhere) >= 40
+    assert centre.max() <= 2.5
+    assert np.mean(anywhere > 2.5) > 0.3
+
+
 def test_a_weight_for_an_organ_the_dataset_lacks_is_a_clear_error(tmp_path):
     data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
     cfg = TrainConfig(str(data), str(tmp_path / "run"), size="test", steps=1, organ_weights=(("spleen", 2.0),))

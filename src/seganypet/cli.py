@@ -388,6 +388,7 @@ def train(
     lesion_fraction: Annotated[float, typer.Option("--lesion-fraction", help="Share of crops drawn around a lesion (the rest: an organ).")] = 0.4,
     organ_weight: Annotated[list[str], typer.Option("--organ-weight", help="NAME=W: draw that organ W times as often as the others (repeatable).")] = [],  # noqa: B006
     suv_scale: Annotated[float, typer.Option("--suv-scale", help="Multiply each crop's SUV by a factor from 1/F to F (log-uniform).")] = 1.25,
+    centre_clicks: Annotated[float, typer.Option("--centre-clicks", help="Share of first clicks at the target's centre (the rest: a random voxel of it).")] = 0.0,
 ) -> None:
     """Train the promptable model with simulated clicks (and CPCL); run under torchrun for several processes."""
     from seganypet.train import LoopConfig, TrainConfig
@@ -399,10 +400,13 @@ def train(
         raise SegAnyPetError(f"--lesion-fraction must lie between 0 and 1, not {lesion_fraction}")
     if not suv_scale >= 1:
         raise SegAnyPetError(f"--suv-scale must be 1 (no scaling) or more, not {suv_scale}")
+    if not 0 <= centre_clicks <= 1:
+        raise SegAnyPetError(f"--centre-clicks must lie between 0 and 1, not {centre_clicks}")
     config = TrainConfig(str(dataset), str(output), size=size, steps=steps, batch=batch, lr=lr, exclude=tuple(exclude),
                          seed=seed, save_every=save_every, bf16=bf16, cpcl_rampup=cpcl_rampup, init=str(init) if init else None,
                          warmup=warmup, workers=max(0, workers), lesion_fraction=lesion_fraction,
                          organ_weights=tuple(_name_weight(item) for item in organ_weight), suv_scale=suv_scale,
+                         centre_clicks=centre_clicks,
                          loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
     run(config, resume=resume)
 

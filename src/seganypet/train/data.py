@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
+from seganypet.clicks import centre_of
 from seganypet.errors import SegAnyPetError
 from seganypet.infer.crop import CropGeometry
 from seganypet.io import read_pet
@@ -264,7 +265,7 @@ def choose_target(targets: list[TargetRef], rng: np.random.Generator, lesion_fra
 
 def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generator, lesion_fraction: float = 0.4,
                 max_zoom: float = 4.0, click_centred: float = 0.5, weights: dict[str, float] | None = None,
-                suv_scale: float = 1.25) -> Sample:
+                suv_scale: float = 1.25, centre_clicks: float = 0.0) -> Sample:
     """One (case, target) crop, flipped left-right at random, its SUV multiplied by a factor drawn log-uniformly
     from 1/``suv_scale`` to ``suv_scale`` (calibration, uptake time, habitus and tracer move a lesion's SUV while
     its outline stays; with too narrow a spread the model learns an absolute SUV level for an edge). Two
@@ -278,7 +279,10 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
       so an organ clicked in a fine crop must fill it and a 1 cm lesion must be outlined at 1 mm). Without these the model learned
       that a click at the crop centre means a small lesion (fitted lesion crops put every click there) and
       answered an organ's first click with a blob (measured: bladder Dice 0.05 at the centre, 0.71 five
-      voxels off it)."""
+      voxels off it). That click is a random voxel of the target, or, with probability ``centre_clicks``, its
+      centre (the deepest voxel, where people click and the evaluation's first click lands): a random voxel of
+      a large organ is rarely deep enough for the fine crop to lie wholly inside it, or on a kidney's hot
+      pelvis, which is where a first click on those lands."""
     cases = list(data.by_case)  # cases with at least one target left after exclusions
     target = choose_target(data.by_case[cases[rng.integers(len(cases))]], rng, lesion_fraction, weights)
     arrays = data.arrays(target.case)
@@ -295,7 +299,8 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
     click = None
     if rng.random() < click_centred:
         inside = np.argwhere(mask)
-        point = crop.to_image(inside[rng.integers(len(inside))])
+        at_centre = centre_clicks > 0 and rng.random() < centre_clicks  # no draw at 0: the same crops as before
+        point = crop.to_image(np.asarray(centre_of(mask)) if at_centre else inside[rng.integers(len(inside))])
         zoom = np.exp(rng.uniform(np.log(0.9 * config.min_zoom), np.log(1.5)))
         centred = CropGeometry.centred(point + rng.normal(0, 1.0, 3), arrays.spacing, config.spacing_mm * zoom, config.crop_size)
         centred_mask = data.target_mask(target, centred)

@@ -48,6 +48,7 @@ class TrainConfig:
     lesion_fraction: float = 0.4
     organ_weights: tuple[tuple[str, float], ...] = ()  # (label name, weight): organs drawn in proportion (default 1)
     suv_scale: float = 1.25  # crops' SUV multiplied by a log-uniform factor in [1/suv_scale, suv_scale]
+    centre_clicks: float = 0.0  # share of click-centred crops whose first click is the target's centre
     bf16: str = "auto"  # autocast the step in bf16: auto (where bf16 units exist), on, off
     cpcl_rampup: int = 2000
     cpcl_weight: float = 1.0
@@ -78,7 +79,8 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.cfg.seed, self.rank, step])
         samples = [sample_crop(self.data, self.config, rng, self.cfg.lesion_fraction, weights=self.weights,
-                               suv_scale=self.cfg.suv_scale) for _ in range(self.cfg.batch)]
+                               suv_scale=self.cfg.suv_scale, centre_clicks=self.cfg.centre_clicks)
+                   for _ in range(self.cfg.batch)]
         crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None]
         targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None]
         noisy = torch.tensor([s.noisy for s in samples])
