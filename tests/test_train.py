@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from scipy import ndimage
 
 from conftest import add_lesion_sites, write_tiny_dataset
 from seganypet.clicks import centre_of, next_click
@@ -216,12 +217,10 @@ def test_suv_scale_multiplies_a_whole_crop_by_one_log_uniform_factor(tmp_path):
 def test_centre_clicks_put_the_first_click_where_people_click_deep_inside_the_target(tmp_path):
     """``centre_clicks``: the first click of a click-centred crop at the target's deepest voxel (within the
     crop's one-voxel jitter), as a person's first click and the evaluation's; without it, anywhere inside."""
-    from scipy import ndimage
-
     data = TrainingData(write_tiny_dataset(tmp_path / "Dataset001_Tiny"), tmp_path / "cache")
     config = build_model("test").config
 
-    def shortfalls(centre_clicks):  # how far (crop voxels) each first click lies from the target's deepest
+    def shortfalls(centre_clicks):  # how much shallower (crop voxels) each first click lies than the target's deepest voxel
         out = []
         for seed in range(60):
             sample = sample_crop(data, config, np.random.default_rng(seed), click_centred=1.0, centre_clicks=centre_clicks)
