@@ -50,12 +50,9 @@ class EvalConfig:
     device: str = "cpu"
 
 
-def size_group(diameter_mm: float) -> str:
-    return next(name for name, lo, hi in SIZE_GROUPS if lo <= diameter_mm < hi)
-
-
-def uptake_group(suvmax: float) -> str:
-    return next(name for name, lo, hi in UPTAKE_GROUPS if lo <= suvmax < hi)
+def group_of(groups: tuple[tuple[str, float, float], ...], value: float) -> str:
+    """The name of the half-open range [lo, hi) of ``groups`` that holds ``value``."""
+    return next(name for name, lo, hi in groups if lo <= value < hi)
 
 
 def group_keys(row: dict) -> list[str]:
@@ -66,7 +63,7 @@ def group_keys(row: dict) -> list[str]:
     if row["size_group"]:
         keys.append(f"lesion {row['size_group']}")
     if row["size_group"] and row.get("suvmax") is not None:  # rows written before uptake was recorded have none
-        keys.append(f"lesion {uptake_group(row['suvmax'])}")
+        keys.append(f"lesion {group_of(UPTAKE_GROUPS, row['suvmax'])}")
     if row.get("site"):
         keys.append(f"lesion in {row['site']}")
     return keys
@@ -126,7 +123,7 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
         diameter = equivalent_diameter_mm(truth, image.spacing)
         base = {"case": case, "structure": target.name, "target": f"{target.name}_{target.value}", "method": segmenter.name,
                 "protocol": cfg.protocol, "diameter_mm": round(diameter, 1),
-                "size_group": size_group(diameter) if target.kind == "instance" else "", "site": target.site or "",
+                "size_group": group_of(SIZE_GROUPS, diameter) if target.kind == "instance" else "", "site": target.site or "",
                 "suvmax": round(float(image.array[truth].max()), 3)}
         rows += [{**base, **row} for row in evaluate_target(segmenter, image, truth, cfg, rng)]
     return rows
