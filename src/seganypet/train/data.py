@@ -279,10 +279,10 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
       so an organ clicked in a fine crop must fill it and a 1 cm lesion must be outlined at 1 mm). Without these the model learned
       that a click at the crop centre means a small lesion (fitted lesion crops put every click there) and
       answered an organ's first click with a blob (measured: bladder Dice 0.05 at the centre, 0.71 five
-      voxels off it). That click is a random voxel of the target, or, with probability ``centre_clicks``, its
-      centre (the deepest voxel, where people click and the evaluation's first click lands): a random voxel of
-      a large organ is rarely deep enough for the fine crop to lie wholly inside it, or on a kidney's hot
-      pelvis, which is where a first click on those lands."""
+      voxels off it). That click is a random voxel of the target or, with probability ``centre_clicks``, its
+      centre (the deepest voxel), where people click and the evaluation's first click lands. A random voxel
+      seldom is: in a large organ it is rarely deep enough for the fine crop to lie wholly inside the organ,
+      and in a kidney it is rarely on the hot pelvis at its centre."""
     cases = list(data.by_case)  # cases with at least one target left after exclusions
     target = choose_target(data.by_case[cases[rng.integers(len(cases))]], rng, lesion_fraction, weights)
     arrays = data.arrays(target.case)
@@ -298,9 +298,12 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
         mask = data.target_mask(target, crop)
     click = None
     if rng.random() < click_centred:
-        inside = np.argwhere(mask)
-        at_centre = centre_clicks > 0 and rng.random() < centre_clicks  # no draw at 0: the same crops as before
-        point = crop.to_image(np.asarray(centre_of(mask)) if at_centre else inside[rng.integers(len(inside))])
+        if centre_clicks > 0 and rng.random() < centre_clicks:  # no draw at 0: the same crops as before
+            voxel = np.asarray(centre_of(mask))
+        else:
+            inside = np.argwhere(mask)
+            voxel = inside[rng.integers(len(inside))]
+        point = crop.to_image(voxel)
         zoom = np.exp(rng.uniform(np.log(0.9 * config.min_zoom), np.log(1.5)))
         centred = CropGeometry.centred(point + rng.normal(0, 1.0, 3), arrays.spacing, config.spacing_mm * zoom, config.crop_size)
         centred_mask = data.target_mask(target, centred)
