@@ -100,6 +100,9 @@ def test_auto_zoom_grows_the_window_for_an_object_larger_than_one_crop():
     zoom = result.crop.step[0] * 4.0 / PRESETS["test"].spacing_mm
     assert zoom > 1.5
     assert dice(session.mask, truth) > 0.9
+    edge = np.argwhere(truth)[np.argmax(np.argwhere(truth)[:, 2])]  # a click at the object's far edge refits the window
+    result = session.add_point(edge)
+    assert result.crop.step[0] * 4.0 / PRESETS["test"].spacing_mm > 1.5 and dice(session.mask, truth) > 0.9
     no_zoom = Session(HotVoxelModel(), max_zoom=1.0)
     no_zoom.set_image(image)
     no_zoom.add_point((60, 60, 45))
@@ -129,6 +132,28 @@ def test_auto_zoom_keeps_the_narrower_window_when_the_wider_one_loses_a_thin_tar
     window = np.zeros_like(tube)
     window[result.crop.footprint(image.shape)] = True
     assert dice(session.mask, tube & window) > 0.8 and not (session.mask & ~ndimage.binary_dilation(tube)).any()
+
+
+def test_clicks_along_a_long_thin_target_build_it_up_window_by_window():
+    """Clicks beyond the window on the same 52 cm tube are each answered in a window of the zoom that saw
+    it, centred on the click; the pieces found before stay (nnInteractive's target buffer), and undo
+    takes the last piece back. One window refitted to all clicks would be too coarse to see the tube."""
+    image = PetImage(np.full((40, 40, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
+    tube = (np.linalg.norm((ijk[..., :2] - [20, 20]) * 4.0, axis=-1) <= 8.0) & (ijk[..., 2] >= 5) & (ijk[..., 2] < 135)
+    image.array[tube] = HOT
+    session = Session(ThinUnseenWhenWideModel(), max_zoom=4.0)
+    session.set_image(image)
+    windows = np.zeros_like(tube)
+    for z in (70, 115, 25):
+        result = session.add_point((20, 20, z))
+        assert result.crop.step[0] == pytest.approx(1.0) and result.crop.centre[2] == pytest.approx(z, abs=0.5)
+        windows[result.crop.footprint(image.shape)] = True
+        assert dice(session.mask, tube & windows) > 0.8 and not (session.mask & ~ndimage.binary_dilation(tube)).any()
+    assert (session.mask.any((0, 1)) == (tube & windows).any((0, 1))).all()  # every slice of all three pieces
+    before_last = session.mask.copy()
+    session.undo()
+    assert not session.mask[:, :, :20].any() and (session.mask[:, :, 100:130] == before_last[:, :, 100:130]).all()
 
 
 def test_a_target_that_fits_the_finest_crop_stays_there_and_a_larger_one_moves_to_the_model_scale():

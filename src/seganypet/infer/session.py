@@ -32,6 +32,7 @@ MASK_PROMPT_LOGIT = 4.0  # a binary mask given as a prompt (after the crop moved
 KEEP_MARGIN = 0.125  # a click within this fraction of the crop size from its edge moves the crop
 FIT_FRACTION = 0.75  # a target is zoomed to fill at most this fraction of the crop
 MAX_ZOOM_ROUNDS = 3
+ZOOM_STEP = 1.5  # each AutoZoom round widens the window at least this much
 # a wider window's prediction must keep this fraction of the mask it was prompted with (the narrower one's), else
 # it is dropped and the narrower kept: a thin structure (spine, aorta) can vanish from a window of 10 mm voxels,
 # and the blob left is worse than the piece the narrower window found
@@ -81,6 +82,8 @@ class Session:
     ``max_zoom`` times its spacing at most, the window refitted while the mask runs out of it
     (nnInteractive's AutoZoom), unless the wider window loses the mask it was given. A target's first
     answer there that sits well inside the window is redrawn in a window fitted to it, when both agree.
+    A click far along a long target (aorta, spine) is answered in its own window at the model's scale;
+    every window rewrites the target only inside itself, so the pieces found before stay.
     """
 
     def __init__(self, model: SegAnyPet | None = None, device: str | torch.device = "cpu", max_zoom: float = 4.0) -> None:
@@ -216,10 +219,8 @@ class Session:
 
     def _keeps(self, target: Target) -> bool:
         """Whether every prompt lies inside the target's crop, away from its edge."""
-        crop = target.crop
-        size, margin = crop.size, KEEP_MARGIN * crop.size
         prompts = [p for p, _ in target.points] + (list(target.box) if target.box is not None else [])
-        return all(np.all((c := crop.to_crop(p)) >= margin) and np.all(c <= size - 1 - margin) for p in prompts)
+        return _holds(target.crop, prompts)
 
     def _fine_crop(self, target: Target) -> CropGeometry | None:
         """The crop finer than the model's scale for this target, or None: the model never saw one, the
@@ -230,6 +231,25 @@ class Session:
             return target.crop
         crop = self._fitted_crop(*self._prompt_extent(target), min_zoom=self.model.config.min_zoom)
         return crop if self._zoom(crop) < 1 else None
+
+    def _local_crop(self, target: Target, before: Target) -> CropGeometry | None:
+        """A window at the model's scale centred on a new click that only a much wider window shares with
+        the target's other prompts and voxels, or None.
+
+        A long target (aorta, spine) is built up click by click, as in nnInteractive's target buffer:
+        one window refitted to every prompt, or widened by AutoZoom, is so coarse that a 2-3 cm tube
+        is a few voxels wide and the model loses it. The click's own window, at the scale the model
+        sees such a tube, rewrites the target there and leaves it as it was elsewhere."""
+        if before.crop is None or len(target.points) == len(before.points) or self._keeps(target):
+            return None
+        fitted = self._fitted_crop(*self._prompt_extent(target))
+        # a target that grew a little (a lung filling in) is refitted, as before; one whose prompts jump at least
+        # an AutoZoom step wider, or beyond the refitted window, is answered where the click is
+        if self._zoom(fitted) < max(1.0, self._zoom(before.crop)) * ZOOM_STEP and _holds(fitted, [target.points[-1][0]], margin=0):
+            return None
+        log.debug("target %d: a click beyond the target's window: answered in its own", target.label)
+        config = self.model.config
+        return CropGeometry.centred(target.points[-1][0], self.image.spacing, config.spacing_mm, config.crop_size)
 
     def _choose_crop(self, target: Target) -> CropGeometry:
         if target.crop is not None and self._zoom(target.crop) >= 1 and self._keeps(target):
@@ -268,7 +288,9 @@ class Session:
         return torch.from_numpy(logits)[None, None].to(self.device)
 
     def _decode(self, target: Target, crop: CropGeometry, mask_input: torch.Tensor | None) -> tuple[torch.Tensor, float]:
-        points = [(crop.to_crop(p), positive) for p, positive in target.points]
+        # a click outside the window is not shown to the model: it never saw one there
+        points = [(c, positive) for p, positive in target.points
+                  if np.all((c := crop.to_crop(p)) >= -0.5) and np.all(c <= crop.size - 0.5)]
         kwargs: dict = {}
         if points:
             kwargs["points"] = torch.tensor(np.array([p for p, _ in points]), dtype=torch.float32, device=self.device)[None]
@@ -318,6 +340,10 @@ class Session:
 
     def _predict(self, target: Target, before: Target) -> Interaction:
         fine = self._fine_crop(target)
+        local = None if fine is not None else self._local_crop(target, before)
+        if local is not None:
+            logits, score = self._decode(target, local, self._mask_prompt(target, local))
+            return self._write(target, before, local, self._upsampled(logits), logits, score)
         if fine is not None:
             logits, score = self._decode(target, fine, self._mask_prompt(target, fine))
             crop_logits = self._upsampled(logits)
@@ -332,8 +358,8 @@ class Session:
             zoom = self._zoom(crop)
             if zoom >= self.max_zoom - 1e-6 or not self._touches_border(crop, crop_logits > 0):
                 break
-            # AutoZoom: the object runs out of the crop; refit the window to it, zoomed out at least 1.5x
-            wider = self._refitted(target, crop, crop_logits, min_zoom=min(zoom * 1.5, self.max_zoom))
+            # AutoZoom: the object runs out of the crop; refit the window to it, zoomed out at least ZOOM_STEP
+            wider = self._refitted(target, crop, crop_logits, min_zoom=min(zoom * ZOOM_STEP, self.max_zoom))
             inside = self._resampled(crop_logits, crop, wider)
             wider_logits, wider_score = self._decode(target, wider, self._as_mask_prompt(inside))
             if _kept(wider_logits, inside) < KEEP_WHEN_WIDER:
@@ -391,12 +417,18 @@ class Session:
         footprint, values = crop.paste(crop_logits, self.image.shape)
         region = _union(footprint, target.bbox)
         self._history.append(_Step(before, region, self.target_buffer[region].copy()))
-        view = self.target_buffer[region]
+        view = self.target_buffer[footprint]  # the window rewrites the target inside it; outside it is kept
         view[view == target.label] = 0
-        self.target_buffer[footprint][values > 0] = target.label
+        view[values > 0] = target.label
         target.crop, target.logits, target.score = crop, logits, score
         target.bbox = _bbox(self.target_buffer[region] == target.label, region)
         return Interaction(target.label, score, region, crop)
+
+
+def _holds(crop: CropGeometry, points, margin: float = KEEP_MARGIN) -> bool:
+    """Whether every point (image ijk) lies inside the crop, ``margin`` (a fraction of its size) from its edge."""
+    margin *= crop.size
+    return all(np.all((c := crop.to_crop(p)) >= margin) and np.all(c <= crop.size - 1 - margin) for p in points)
 
 
 def _kept(logits: torch.Tensor, inside: np.ndarray) -> float:
