@@ -142,7 +142,14 @@ def test_clicks_along_a_long_thin_target_build_it_up_window_by_window():
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
     tube = (np.linalg.norm((ijk[..., :2] - [20, 20]) * 4.0, axis=-1) <= 8.0) & (ijk[..., 2] >= 5) & (ijk[..., 2] < 135)
     image.array[tube] = HOT
-    session = Session(ThinUnseenWhenWideModel(), max_zoom=4.0)
+    shown = []
+
+    class Recording(ThinUnseenWhenWideModel):
+        def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None):
+            shown.append(points)
+            return super().decode(embedding, points, labels, boxes, mask_input)
+
+    session = Session(Recording(), max_zoom=4.0)
     session.set_image(image)
     windows = np.zeros_like(tube)
     for z in (70, 115, 25):
@@ -151,6 +158,7 @@ def test_clicks_along_a_long_thin_target_build_it_up_window_by_window():
         windows[result.crop.footprint(image.shape)] = True
         assert dice(session.mask, tube & windows) > 0.8 and not (session.mask & ~ndimage.binary_dilation(tube)).any()
     assert (session.mask.any((0, 1)) == (tube & windows).any((0, 1))).all()  # every slice of all three pieces
+    assert shown[-1].shape[1] == 1 and all(((p >= -0.5) & (p <= 31.5)).all() for p in shown)  # only clicks in the window
     before_last = session.mask.copy()
     session.undo()
     assert not session.mask[:, :, :20].any() and (session.mask[:, :, 100:130] == before_last[:, :, 100:130]).all()
