@@ -146,7 +146,7 @@ def test_clicks_along_a_long_thin_target_build_it_up_window_by_window():
 
     class Recording(ThinUnseenWhenWideModel):
         def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None):
-            shown.append(points)
+            shown.append((points, boxes))
             return super().decode(embedding, points, labels, boxes, mask_input)
 
     session = Session(Recording(), max_zoom=4.0)
@@ -158,10 +158,15 @@ def test_clicks_along_a_long_thin_target_build_it_up_window_by_window():
         windows[result.crop.footprint(image.shape)] = True
         assert dice(session.mask, tube & windows) > 0.8 and not (session.mask & ~ndimage.binary_dilation(tube)).any()
     assert (session.mask.any((0, 1)) == (tube & windows).any((0, 1))).all()  # every slice of all three pieces
-    assert shown[-1].shape[1] == 1 and all(((p >= -0.5) & (p <= 31.5)).all() for p in shown)  # only clicks in the window
+    assert shown[-1][0].shape[1] == 1 and all(((p >= -0.5) & (p <= 31.5)).all() for p, _ in shown)  # only clicks in it
     before_last = session.mask.copy()
     session.undo()
     assert not session.mask[:, :, :20].any() and (session.mask[:, :, 100:130] == before_last[:, :, 100:130]).all()
+    one_window = Session(Recording(), max_zoom=1.0)  # a box longer than the widest window is cut to it
+    one_window.set_image(image)
+    one_window.add_box((15, 15, 20), (25, 25, 130))
+    box = shown[-1][1][0]
+    assert ((box >= -0.5) & (box <= 31.5)).all() and float(box[1, 2] - box[0, 2]) == 32
 
 
 def test_a_target_that_fits_the_finest_crop_stays_there_and_a_larger_one_moves_to_the_model_scale():

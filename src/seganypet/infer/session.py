@@ -288,15 +288,17 @@ class Session:
         return torch.from_numpy(logits)[None, None].to(self.device)
 
     def _decode(self, target: Target, crop: CropGeometry, mask_input: torch.Tensor | None) -> tuple[torch.Tensor, float]:
-        # a click outside the window is not shown to the model: it never saw one there
+        # the model never saw a prompt outside its window: a click there is left out, a box cut to the window
+        edge = (-0.5, crop.size - 0.5)
         points = [(c, positive) for p, positive in target.points
-                  if np.all((c := crop.to_crop(p)) >= -0.5) and np.all(c <= crop.size - 0.5)]
+                  if np.all((c := crop.to_crop(p)) >= edge[0]) and np.all(c <= edge[1])]
         kwargs: dict = {}
         if points:
             kwargs["points"] = torch.tensor(np.array([p for p, _ in points]), dtype=torch.float32, device=self.device)[None]
             kwargs["labels"] = torch.tensor([int(s) for _, s in points], device=self.device)[None]
-        if target.box is not None:
-            kwargs["boxes"] = torch.tensor(crop.to_crop(np.stack(target.box)), dtype=torch.float32, device=self.device)[None]
+        box = None if target.box is None else crop.to_crop(np.stack(target.box))
+        if box is not None and np.all(box[0] <= edge[1]) and np.all(box[1] >= edge[0]):
+            kwargs["boxes"] = torch.tensor(np.clip(box, *edge), dtype=torch.float32, device=self.device)[None]
         with torch.inference_mode():
             logits, iou = self.model.decode(self._embedding(crop), mask_input=mask_input, **kwargs)
         return self._keep_prompted(target, crop, logits), float(iou[0, 0])
