@@ -135,9 +135,10 @@ def test_auto_zoom_keeps_the_narrower_window_when_the_wider_one_loses_a_thin_tar
 
 
 def test_clicks_along_a_long_thin_target_build_it_up_window_by_window():
-    """Clicks beyond the window on the same 52 cm tube are each answered in a window of the zoom that saw
-    it, centred on the click; the pieces found before stay (nnInteractive's target buffer), and undo
-    takes the last piece back. One window refitted to all clicks would be too coarse to see the tube."""
+    """Clicks beyond the window on the same 52 cm tube are each answered in their own window at the model's
+    scale, centred on the click, shown only the prompts inside it; the pieces found before stay
+    (nnInteractive's target buffer), and undo takes the last piece back. One window refitted to all
+    clicks would be too coarse to see the tube."""
     image = PetImage(np.full((40, 40, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
     tube = (np.linalg.norm((ijk[..., :2] - [20, 20]) * 4.0, axis=-1) <= 8.0) & (ijk[..., 2] >= 5) & (ijk[..., 2] < 135)
