@@ -417,14 +417,15 @@ class Session:
     def _write(self, target: Target, before: Target, crop: CropGeometry, crop_logits: np.ndarray, logits: torch.Tensor,
                score: float) -> Interaction:
         footprint, values = crop.paste(crop_logits, self.image.shape)
-        region = _union(footprint, target.bbox)
-        self._history.append(_Step(before, region, self.target_buffer[region].copy()))
-        view = self.target_buffer[footprint]  # the window rewrites the target inside it; outside it is kept
+        # the window rewrites the target inside it and nowhere else: that is all undo keeps and the caller redraws
+        self._history.append(_Step(before, footprint, self.target_buffer[footprint].copy()))
+        view = self.target_buffer[footprint]
         view[view == target.label] = 0
         view[values > 0] = target.label
         target.crop, target.logits, target.score = crop, logits, score
+        region = _union(footprint, target.bbox)  # the target's new extent lies within its old one and the window
         target.bbox = _bbox(self.target_buffer[region] == target.label, region)
-        return Interaction(target.label, score, region, crop)
+        return Interaction(target.label, score, footprint, crop)
 
 
 def _holds(crop: CropGeometry, points, margin: float = KEEP_MARGIN) -> bool:
