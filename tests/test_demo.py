@@ -12,5 +12,5 @@ def test_demo_writes_masks_report_and_picture(tmp_path):
     assert len(report["structures"]) == len(result["dice"]) >= 1
     # one click on the phantom's largest lesion outlines it (the bound is loose: a classical method, noisy PET)
     assert max(d for name, d in result["dice"].items() if name.startswith("lesion")) > 0.5
-    # one click on the liver, and the shipped model outlines it (held-out liver Dice at 1 click: 0.69-0.96)
+    # one click on the liver, and the shipped model outlines it (held-out liver Dice at 1 click: 0.75-0.96 on 30 phantoms)
     assert result["dice"]["liver"] > 0.6
