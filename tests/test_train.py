@@ -240,3 +240,24 @@ def test_a_weight_for_an_organ_the_dataset_lacks_is_a_clear_error(tmp_path):
     cfg = TrainConfig(str(data), str(tmp_path / "run"), size="test", steps=1, organ_weights=(("spleen", 2.0),))
     with pytest.raises(SegAnyPetError, match="organ weight for spleen: no such organ label"):
         train(cfg)
+
+
+def test_a_frozen_encoder_fine_tune_trains_the_prompt_encoder_and_decoder_alone_and_resumes(tmp_path):
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny", noisy=("case1",))
+    loop = LoopConfig(rounds=2, cpcl_k=2)
+    start = train(TrainConfig(str(data), str(tmp_path / "start"), size="test", steps=2, batch=2, bf16="off", loop=loop)).checkpoint
+    common = dict(size="test", steps=4, batch=2, save_every=2, bf16="off", init=str(start), freeze_encoder=True, loop=loop)
+    train(TrainConfig(str(data), str(tmp_path / "straight"), **common))
+    train(TrainConfig(str(data), str(tmp_path / "resumed"), **common), stop_after=2)
+    train(TrainConfig(str(data), str(tmp_path / "resumed"), **common), resume=True)
+    initial = read_checkpoint(start)["model"]
+    a, b = read_checkpoint(tmp_path / "straight" / "last.pt"), read_checkpoint(tmp_path / "resumed" / "last.pt")
+    encoder = [k for k in initial if k.startswith("image_encoder.")]
+    assert encoder and all(torch.equal(a["model"][k], initial[k].float()) for k in encoder)
+    assert not torch.equal(a["model"]["mask_decoder.iou_head.layers.0.weight"], initial["mask_decoder.iou_head.layers.0.weight"].float())
+    assert not torch.equal(a["model"]["mask_decoder.detail_embed.0.weight"], initial["mask_decoder.detail_embed.0.weight"].float())
+    assert a["step"] == b["step"] == 4
+    for key in a["model"]:
+        assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
+    with pytest.raises(SegAnyPetError, match="--freeze-encoder keeps the image encoder as --init gives it"):
+        train(TrainConfig(str(data), str(tmp_path / "random"), size="test", steps=1, freeze_encoder=True))

@@ -389,6 +389,7 @@ def train(
     organ_weight: Annotated[list[str], typer.Option("--organ-weight", help="NAME=W: draw that organ W times as often as the others (repeatable).")] = [],  # noqa: B006
     suv_scale: Annotated[float, typer.Option("--suv-scale", help="Multiply each crop's SUV by a factor from 1/F to F (log-uniform).")] = 1.25,
     centre_clicks: Annotated[float, typer.Option("--centre-clicks", help="Share of first clicks at the target's centre (the rest: a random voxel of it).")] = 0.0,
+    freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="Train the prompt encoder and mask decoder only; the image encoder keeps its --init weights.")] = False,
 ) -> None:
     """Train the promptable model with simulated clicks (and CPCL); run under torchrun for several processes."""
     from seganypet.train import LoopConfig, TrainConfig
@@ -406,7 +407,7 @@ def train(
                          seed=seed, save_every=save_every, bf16=bf16, cpcl_rampup=cpcl_rampup, init=str(init) if init else None,
                          warmup=warmup, workers=max(0, workers), lesion_fraction=lesion_fraction,
                          organ_weights=tuple(_name_weight(item) for item in organ_weight), suv_scale=suv_scale,
-                         centre_clicks=centre_clicks,
+                         centre_clicks=centre_clicks, freeze_encoder=freeze_encoder,
                          loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
     run(config, resume=resume)
 

@@ -53,6 +53,7 @@ class TrainConfig:
     cpcl_rampup: int = 2000
     cpcl_weight: float = 1.0
     init: str | None = None  # start from these weights (fine-tuning, e.g. the shipped checkpoint)
+    freeze_encoder: bool = False  # train the prompt encoder and mask decoder only (a cheaper fine-tune of --init)
     workers: int = 0  # processes that cache cases and prepare batches; 0: the training process does it
     loop: LoopConfig = field(default_factory=LoopConfig)
 
@@ -150,6 +151,8 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.size not in PRESETS:
         raise SegAnyPetError(f"unknown model size {cfg.size!r}; choose one of {', '.join(PRESETS)}")
+    if cfg.freeze_encoder and not cfg.init:
+        raise SegAnyPetError("--freeze-encoder keeps the image encoder as --init gives it: name the checkpoint to start from")
     _check_organ_weights(cfg)  # before the cache is filled: a misspelt name should not cost minutes
     data = TrainingData(cfg.dataset, out / "cache", cfg.exclude, workers=cfg.workers) if rank == 0 else None
     if world > 1:
@@ -159,7 +162,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     torch.manual_seed(cfg.seed)
     model = build_model(cfg.size).to(device)
     step_module = InteractiveLoss(model, cfg.loop).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.image_encoder.requires_grad_(not cfg.freeze_encoder)
+    trained = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     step = 0
     last = out / "last.pt"
@@ -198,7 +203,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
                     loss, stats = wrapped(crops, targets, noisy, loop_seed, weight, clicks)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                torch.nn.utils.clip_grad_norm_(trained, 1.0)
                 optimizer.step()
                 scheduler.step()
                 step += 1
