@@ -259,5 +259,8 @@ def test_a_frozen_encoder_fine_tune_trains_the_prompt_encoder_and_decoder_alone_
     assert a["step"] == b["step"] == 4
     for key in a["model"]:
         assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
+    unfrozen = {k: v for k, v in common.items() if k != "freeze_encoder"}
+    with pytest.raises(SegAnyPetError, match="this run was started with --freeze-encoder; resume it the same way"):
+        train(TrainConfig(str(data), str(tmp_path / "resumed"), **unfrozen), resume=True)
     with pytest.raises(SegAnyPetError, match="--freeze-encoder keeps the image encoder as --init gives it"):
         train(TrainConfig(str(data), str(tmp_path / "random"), size="test", steps=1, freeze_encoder=True))

@@ -172,6 +172,9 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         _initialise(model, cfg.init)
     if resume and last.is_file():
         state = read_checkpoint(last)
+        if json.loads(state.get("train_config", "{}")).get("freeze_encoder", False) != cfg.freeze_encoder:
+            raise SegAnyPetError("this run was started " + ("without" if cfg.freeze_encoder else "with")
+                                 + " --freeze-encoder; resume it the same way", last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
