@@ -31,13 +31,12 @@ from _common import report  # noqa: E402
 
 from seganypet.clicks import first_click  # noqa: E402
 from seganypet.eval.metrics import dice, equivalent_diameter_mm, union_box  # noqa: E402
-from seganypet.eval.runner import SIZE_GROUPS, group_of  # noqa: E402
+from seganypet.eval.runner import SIZE_GROUPS, group_of, read_case  # noqa: E402
 from seganypet.infer.crop import CropGeometry  # noqa: E402
 from seganypet.infer.session import Session, Target  # noqa: E402
-from seganypet.io import read_pet  # noqa: E402
 from seganypet.modeling import load_model  # noqa: E402
 from seganypet.progress import track  # noqa: E402
-from seganypet.train.data import case_targets, label_names, lesion_components, list_cases, read_dataset_json  # noqa: E402
+from seganypet.train.data import case_targets, label_names, list_cases, read_dataset_json  # noqa: E402
 
 
 def window_answers(session: Session, click: np.ndarray, zooms: list[float], region, truth: np.ndarray) -> list[dict]:
@@ -115,13 +114,9 @@ def main() -> None:
     for folder, case in track(jobs, "first clicks"):
         meta = read_dataset_json(folder)
         names, ending = label_names(meta), meta.get("file_ending", ".nii.gz")
-        image = read_pet(folder / f"images{args.split}" / f"{case}_0000{ending}")
-        labels = np.rint(read_pet(folder / f"labels{args.split}" / f"{case}{ending}").array).astype(np.uint16)
-        inst_path = folder / f"instances{args.split}" / f"{case}{ending}"
-        instances = (np.rint(read_pet(inst_path).array).astype(np.uint16) if inst_path.is_file()
-                     else lesion_components(labels, names))
+        image, labels, instances, sites = read_case(folder, case, args.split, names, ending)
         session.set_image(image)
-        for index, target in enumerate(case_targets(case, labels, instances, names, {})):
+        for index, target in enumerate(case_targets(case, labels, instances, names, sites)):
             truth = (instances if target.kind == "instance" else labels) == target.value
             box = union_box(truth, truth)
             rng = np.random.default_rng([0, zlib.crc32(case.encode()), index])

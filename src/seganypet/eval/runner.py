@@ -97,12 +97,21 @@ def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalCon
     return rows
 
 
+def read_case(folder: Path, case: str, split: str, names: dict[int, str], ending: str):
+    """A case's image, label map, lesion instances and lesion sites (by instance id; empty without an instance map).
+
+    Without an instance map, a lesion is a component of the lesion label: the targets and their truth must agree."""
+    image = read_pet(folder / f"images{split}" / f"{case}_0000{ending}")
+    labels = np.rint(read_pet(folder / f"labels{split}" / f"{case}{ending}").array).astype(np.uint16)
+    inst_path = folder / f"instances{split}" / f"{case}{ending}"
+    if not inst_path.is_file():
+        return image, labels, lesion_components(labels, names), {}
+    instances = np.rint(read_pet(inst_path).array).astype(np.uint16)
+    return image, labels, instances, lesion_sites(folder / "metadata" / f"{case}.json")
+
+
 def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig, names: dict[int, str], ending: str) -> list[dict]:
-    image = read_pet(folder / f"images{cfg.split}" / f"{case}_0000{ending}")
-    labels = np.rint(read_pet(folder / f"labels{cfg.split}" / f"{case}{ending}").array).astype(np.uint16)
-    inst_path = folder / f"instances{cfg.split}" / f"{case}{ending}"
-    # without an instance map, a lesion is a component of the lesion label: the targets and their truth must agree
-    instances = np.rint(read_pet(inst_path).array).astype(np.uint16) if inst_path.is_file() else lesion_components(labels, names)
+    image, labels, instances, sites = read_case(folder, case, cfg.split, names, ending)
     if cfg.protocol == "autopet":
         from seganypet.eval.autopet import evaluate_autopet_case
 
@@ -114,7 +123,6 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
     segmenter.set_image(image)
     rows = []
     wanted = {t.lower() for t in cfg.targets}
-    sites = lesion_sites(folder / "metadata" / f"{case}.json") if inst_path.is_file() else {}  # ids of the instance map
     for index, target in enumerate(case_targets(case, labels, instances, names, sites)):
         if wanted and target.name.lower() not in wanted:
             continue
