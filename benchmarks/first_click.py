@@ -29,9 +29,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 
-from seganypet.clicks import first_click  # noqa: E402
-from seganypet.eval.metrics import dice, equivalent_diameter_mm, union_box  # noqa: E402
-from seganypet.eval.runner import SIZE_GROUPS, group_of, read_case  # noqa: E402
+from seganypet.eval.metrics import dice, equivalent_diameter_mm  # noqa: E402
+from seganypet.eval.runner import SIZE_GROUPS, first_click_on, group_keys, group_of, read_case  # noqa: E402
 from seganypet.infer.crop import CropGeometry  # noqa: E402
 from seganypet.infer.session import Session, Target  # noqa: E402
 from seganypet.modeling import load_model  # noqa: E402
@@ -51,13 +50,13 @@ def window_answers(session: Session, click: np.ndarray, zooms: list[float], regi
         crop = CropGeometry.centred(click, image.spacing, config.spacing_mm * zoom, config.crop_size)
         logits, score = session._decode(target, crop, None)  # the session's single-window step, as it decodes
         crop_logits = session._upsampled(logits)
-        window_truth, window_mask = crop.sample(truth.astype(np.float32), order=0) > 0.5, crop_logits > 0
+        window_truth, window_mask = crop.sample(truth, order=0) > 0.5, crop_logits > 0  # reads only the window's voxels
         union = (window_mask | window_truth).sum()
         local = CropGeometry(tuple(np.asarray(crop.origin) - start), crop.step, crop.size)
         footprint, values = local.paste(crop_logits, shape)
         pasted = np.full(shape, np.nan, np.float32)
         pasted[footprint] = values
-        answers.append({"zoom": zoom, "logits": pasted, "mask": np.nan_to_num(pasted, nan=-1.0) > 0, "score": score,
+        answers.append({"zoom": zoom, "logits": pasted, "mask": pasted > 0, "score": score,
                         "border": session._touches_border(crop, window_mask),
                         "window_iou": float((window_mask & window_truth).sum() / union) if union else 1.0,
                         "stability": float((crop_logits > 1).sum() / max((crop_logits > -1).sum(), 1))})
@@ -118,14 +117,13 @@ def main() -> None:
         session.set_image(image)
         for index, target in enumerate(case_targets(case, labels, instances, names, sites)):
             truth = (instances if target.kind == "instance" else labels) == target.value
-            box = union_box(truth, truth)
-            rng = np.random.default_rng([0, zlib.crc32(case.encode()), index])
-            voxel, _ = first_click(truth[box], rng, "largest_error", image.spacing)
-            click = np.add(voxel, [s.start for s in box]).astype(float)
-            rules = score_first_click(session, click, truth, zooms)
-            groups = [target.name] + (["organ mean"] if target.kind != "instance" else
-                                      [f"lesion {group_of(SIZE_GROUPS, equivalent_diameter_mm(truth, image.spacing))}"])
-            for group in groups:
+            rng = np.random.default_rng([0, zlib.crc32(case.encode()), index])  # the harness's, as for its first click
+            click, _ = first_click_on(truth, rng, "largest_error", image.spacing)
+            rules = score_first_click(session, click.astype(float), truth, zooms)
+            lesion = target.kind == "instance"
+            row = {"structure": target.name, "site": target.site or "", "suvmax": float(image.array[truth].max()),
+                   "size_group": group_of(SIZE_GROUPS, equivalent_diameter_mm(truth, image.spacing)) if lesion else ""}
+            for group in group_keys(row) + ([] if lesion else ["organ mean"]):
                 for rule, value in rules.items():
                     scores[group][rule].append(value)
     order = ["organ mean", "lesion"] + sorted(g for g in scores if g not in ("organ mean", "lesion"))

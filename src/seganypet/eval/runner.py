@@ -22,7 +22,7 @@ from seganypet.clicks import first_click, jittered_box, next_click
 from seganypet.errors import SegAnyPetError
 from seganypet.eval.metrics import dice, equivalent_diameter_mm, nsd, quantity_errors, union_box
 from seganypet.eval.segmenters import Segmenter, make_segmenter
-from seganypet.io import read_pet
+from seganypet.io import PetImage, read_pet
 from seganypet.io.write import write_atomic
 from seganypet.progress import track
 from seganypet.train.data import case_targets, label_names, lesion_components, lesion_sites, list_cases, read_dataset_json
@@ -73,6 +73,14 @@ def _truth(labels: np.ndarray, instances: np.ndarray, target) -> np.ndarray:
     return (instances if target.kind == "instance" else labels) == target.value
 
 
+def first_click_on(truth: np.ndarray, rng: np.random.Generator, strategy: str, spacing) -> tuple[np.ndarray, bool]:
+    """The protocol's first click on a target (image voxel, positive), sought within the target's bounding box: the
+    distance transform over a whole-body volume would cost far more than the click it places."""
+    box = union_box(truth, truth)
+    voxel, positive = first_click(truth[box], rng, strategy, spacing)
+    return np.add(voxel, [s.start for s in box]), positive
+
+
 def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalConfig, rng: np.random.Generator) -> list[dict]:
     """Rows (one per requested click count) for one target."""
     segmenter.new_target()
@@ -80,9 +88,7 @@ def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalCon
     if cfg.protocol == "box":
         prediction = segmenter.add_box(*jittered_box(truth, rng, spacing=image.spacing))
     else:
-        box = union_box(truth, truth)
-        voxel, positive = first_click(truth[box], rng, strategy, image.spacing)
-        prediction = segmenter.add_point(np.add(voxel, [s.start for s in box]), positive)
+        prediction = segmenter.add_point(*first_click_on(truth, rng, strategy, image.spacing))
     rows = []
     for n in range(1, max(cfg.clicks) + 1):
         if n > 1:
@@ -97,7 +103,8 @@ def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalCon
     return rows
 
 
-def read_case(folder: Path, case: str, split: str, names: dict[int, str], ending: str):
+def read_case(folder: Path, case: str, split: str, names: dict[int, str],
+              ending: str) -> tuple[PetImage, np.ndarray, np.ndarray, dict[int, str]]:
     """A case's image, label map, lesion instances and lesion sites (by instance id; empty without an instance map).
 
     Without an instance map, a lesion is a component of the lesion label: the targets and their truth must agree."""
