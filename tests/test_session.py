@@ -192,6 +192,47 @@ def test_a_target_that_fits_the_finest_crop_stays_there_and_a_larger_one_moves_t
     assert zoom(session.add_point((60, 80, 45))) >= 1  # once out of the fine crop, a later click does not go back
 
 
+class BallOnceModel(HotVoxelModel):
+    """Answers one decode call (the ``call``-th) with a ball of ``radius`` crop voxels around the click: a fragment
+    of the object (as the real model in the finest crop sometimes answers a click on a 1-3 cm lesion) or the object
+    with a halo around it."""
+
+    def __init__(self, call: int, radius: float):
+        super().__init__()
+        self.call, self.radius, self.calls = call, radius, 0
+
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None):
+        logits, iou = super().decode(embedding, points, labels, boxes, mask_input)
+        self.calls += 1
+        if self.calls == self.call:
+            grid = torch.stack(torch.meshgrid(*[torch.arange(n, dtype=torch.float32) for n in logits.shape[2:]],
+                                              indexing="ij"), -1)
+            logits = torch.where((grid - points[0, -1]).norm(dim=-1) <= self.radius, 1.0, -1.0)[None, None]
+        return logits, iou
+
+
+def test_a_first_answer_in_the_fine_crop_gives_way_to_the_next_window_only_if_it_was_a_fragment():
+    """A 3.2 cm sphere fits the 6.4 cm fine crop. Answered there with a fragment (a border inside the sphere, with
+    no drop in SUV across it), the session takes the whole sphere from the window one ZOOM_STEP wider. Answered
+    there whole, it keeps that answer over a fragment, over the sphere with a halo (larger, but a border out in the
+    background), and over a 1.6 cm hot core (a sharper edge, but smaller) from the wider window."""
+    zoom = lambda interaction: interaction.crop.step[0] * 4.0 / 4.0  # noqa: E731
+    centre = (40.0, 40.0, 40.0)
+    # which decode call answers with a ball, its radius in crop voxels (2 mm in the fine crop, 3 mm in the wider),
+    # whether the sphere has a core three times as hot, and the zoom of the answer kept
+    for call, radius, core, kept_zoom in ((1, 2, False, 0.75), (2, 2, False, 0.5), (2, 8, False, 0.5), (2, 2.7, True, 0.5)):
+        image = PetImage(np.full((80, 80, 80), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+        sphere = add_sphere(image, image.voxel_to_world([centre])[0], 16.0)
+        if core:
+            image.array[add_sphere(image, image.voxel_to_world([centre])[0], 8.0)] = 3 * HOT
+        model = BallOnceModel(call, radius)
+        model.config = dataclasses.replace(model.config, min_zoom=0.5)
+        session = Session(model)
+        session.set_image(image)
+        assert zoom(session.add_point(centre)) == pytest.approx(kept_zoom)
+        assert dice(session.mask, sphere) > 0.9
+
+
 class WarmWhenPromptedModel(HotVoxelModel):
     """Given a mask prompt, marks every warm voxel as well as the hot ones: as the real model, prompted closer in,
     can answer a click on a lesion with the organ around it."""
