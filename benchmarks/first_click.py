@@ -12,7 +12,8 @@ session's own decoding (the click's connected part kept). Every answer is scored
 A column per way of choosing among the single windows, "free" meaning the windows whose answer touches no crop face
 inside the image (else the widest): the best one (the oracle: what a perfect choice would reach), the finest, the
 IoU head's highest score, a perfect IoU head (the true IoU inside each window: what training the head better could
-reach at most), SAM's stability score (voxels above logit +1 over those above -1), the answer that agrees best
+reach at most), SAM's stability score (voxels above logit +1 over those above -1), the sharpest edge in SUV (the
+session's own cue: mean SUV on the answer's inner border minus that on its outer border), the answer that agrees best
 (mean Dice) with the other free ones, and the free windows' logits averaged. Writes results/first_click.json.
 """
 
@@ -59,6 +60,7 @@ def window_answers(session: Session, click: np.ndarray, zooms: list[float], regi
         answers.append({"zoom": zoom, "logits": pasted, "mask": pasted > 0, "score": score,
                         "border": session._touches_border(crop, window_mask),
                         "window_iou": float((window_mask & window_truth).sum() / union) if union else 1.0,
+                        "edge": session._edge(crop, crop_logits)[0],
                         "stability": float((crop_logits > 1).sum() / max((crop_logits > -1).sum(), 1))})
     return answers
 
@@ -93,6 +95,7 @@ def score_first_click(session: Session, click: np.ndarray, truth: np.ndarray, zo
         "IoU head free": max(free, key=lambda a: a["score"])["dice"],
         "true window IoU free": max(free, key=lambda a: a["window_iou"])["dice"],
         "stability free": max(free, key=lambda a: a["stability"])["dice"],
+        "SUV edge free": max(free, key=lambda a: a["edge"])["dice"],
         "agreement free": max(free, key=agreement)["dice"],
         "mean logits free": full_dice(np.nansum(np.stack([a["logits"] for a in free]), 0) > 0),  # the mean's sign
     }
