@@ -216,7 +216,7 @@ def test_a_first_answer_in_the_fine_crop_gives_way_to_the_next_window_only_if_it
     no drop in SUV across it), the session takes the whole sphere from the window one ZOOM_STEP wider. Answered
     there whole, it keeps that answer over a fragment, over the sphere with a halo (larger, but a border out in the
     background), and over a 1.6 cm hot core (a sharper edge, but smaller) from the wider window."""
-    zoom = lambda interaction: interaction.crop.step[0] * 4.0 / 4.0  # noqa: E731
+    zoom = lambda interaction: interaction.crop.step[0]  # noqa: E731  (image and model spacing are both 4 mm)
     centre = (40.0, 40.0, 40.0)
     # which decode call answers with a ball, its radius in crop voxels (2 mm in the fine crop, 3 mm in the wider),
     # whether the sphere has a core three times as hot, and the zoom of the answer kept
