@@ -9,6 +9,7 @@ import sys
 
 import nibabel as nib
 import numpy as np
+import pydicom
 import pytest
 from test_quant import sphere_image
 
@@ -72,6 +73,25 @@ def test_dicom_seg_reads_back_and_passes_dciodvfy(tmp_path):
     result = subprocess.run(["dciodvfy", str(tmp_path / "seg.dcm")], capture_output=True, text=True)
     errors = [line for line in (result.stdout + result.stderr).splitlines() if line.startswith("Error")]
     assert errors == []
+
+
+def test_dicom_seg_from_a_series_without_optional_study_attributes(tmp_path):
+    """Anonymised and research PET (the IBSI SUV objects among them) often leave out Type 2 attributes such as
+    AccessionNumber, which highdicom copies into the SEG: they are written present and empty, not a traceback."""
+    suv = np.random.default_rng(0).random((12, 10, 4)).astype(np.float32)
+    write_pet_dicom(PetImage(suv, np.diag([4.0, 4.0, 3.0, 1.0]), "LPS"), tmp_path / "pet")
+    for path in (tmp_path / "pet").rglob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        for keyword in ("AccessionNumber", "StudyID", "PatientBirthDate", "ReferringPhysicianName"):
+            delattr(ds, keyword)
+        ds.save_as(path)
+    image = read_pet(tmp_path / "pet")
+    labels = np.zeros(image.shape, np.uint8)
+    labels[2:6, 3:7, 1:3] = 1
+    write_dicom_seg(image, labels, {1: "lesion"}, tmp_path / "seg.dcm")
+    seg = pydicom.dcmread(tmp_path / "seg.dcm")
+    assert "AccessionNumber" in seg and not seg.AccessionNumber and seg.StudyInstanceUID == image.meta.study_instance_uid
+    assert np.array_equal(read_dicom_seg(tmp_path / "seg.dcm", image)[0], labels)
 
 
 def test_segment_command_writes_every_output(tmp_path):

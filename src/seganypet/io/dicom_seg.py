@@ -7,6 +7,7 @@ Instance UID rather than through frame order.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -39,6 +40,10 @@ STRUCTURE_CODES: dict[str, tuple[hd.sr.CodedConcept, hd.sr.CodedConcept]] = {
     "lesion": (ALTERED, hd.sr.CodedConcept("52988006", _SCT, "Lesion")),
 }
 GENERIC = (ALTERED, hd.sr.CodedConcept("52988006", _SCT, "Lesion"))
+# Type 2 attributes of the Patient and General Study modules, which highdicom copies from the source into the SEG:
+# they must be present there but may be empty, and anonymised or research PET often leaves some out
+TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
+                       "ReferringPhysicianName", "StudyID", "AccessionNumber")
 
 
 def write_dicom_seg(image: PetImage, labels: np.ndarray, names: Mapping[int, str], path: str | Path, method: str = "seganypet") -> Path:
@@ -51,6 +56,10 @@ def write_dicom_seg(image: PetImage, labels: np.ndarray, names: Mapping[int, str
     if not files:
         raise SegAnyPetError("DICOM SEG needs a DICOM source series; this image came from a volume file", image.source)
     sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # SEG copies headers, never pixels
+    for source in sources:
+        for keyword in TYPE2_PATIENT_STUDY:
+            if keyword not in source:
+                setattr(source, keyword, None)  # present and empty, as the standard allows
     values = [int(v) for v in np.unique(labels) if v]
     if not values:
         raise SegAnyPetError("nothing to export: the mask is empty", image.source)
@@ -66,7 +75,17 @@ def write_dicom_seg(image: PetImage, labels: np.ndarray, names: Mapping[int, str
             algorithm_identification=algorithm, tracking_uid=hd.UID(), tracking_id=f"{name} {value}"))
     # (i, j, k) -> frames (k, rows=j, cols=i), one per source instance, in source order; one channel per segment
     frames = np.stack([labels.transpose(2, 1, 0) == v for v in values], axis=-1).astype(np.uint8)
-    seg = hd.seg.Segmentation(
+    try:
+        with warnings.catch_warnings():  # a source's one-part PatientName is copied as it is: nothing to warn about
+            warnings.filterwarnings("ignore", "The string .* is unlikely to represent the intended person name")
+            seg = _segmentation(sources, frames, descriptions, method)
+    except (AttributeError, TypeError, ValueError) as exc:  # highdicom's refusal of a source header it cannot copy
+        raise SegAnyPetError(f"cannot write DICOM SEG from this series: {exc}", image.source) from exc
+    return write_atomic(path, lambda tmp: seg.save_as(tmp))
+
+
+def _segmentation(sources: list[pydicom.Dataset], frames: np.ndarray, descriptions: list, method: str) -> hd.seg.Segmentation:
+    return hd.seg.Segmentation(
         source_images=sources,
         pixel_array=frames,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
@@ -82,7 +101,6 @@ def write_dicom_seg(image: PetImage, labels: np.ndarray, names: Mapping[int, str
         omit_empty_frames=False,
         series_description=f"SEG {method}"[:64],
     )
-    return write_atomic(path, lambda tmp: seg.save_as(tmp))
 
 
 def read_dicom_seg(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[int, str]]:
