@@ -146,11 +146,14 @@ def test_folder_without_dicom(tmp_path):
 
 
 def test_mixed_series_are_listed(tmp_path):
+    """Two PET series and a CT: the error lists the two PET series to choose from, not the CT beside them."""
     write_series(tmp_path / "a", np.full((4, 4, 3), 100.0))
     write_series(tmp_path / "b", np.full((4, 4, 3), 100.0))
     series = sorted({str(pydicom.dcmread(p).SeriesInstanceUID) for p in tmp_path.rglob("*.dcm")})
-    message = _raises(tmp_path, "2 series")
-    assert all(uid in message for uid in series)
+    write_series(tmp_path / "ct", np.full((4, 4, 3), 100.0), Modality="CT")
+    ct = str(pydicom.dcmread(next((tmp_path / "ct").rglob("*.dcm"))).SeriesInstanceUID)
+    message = _raises(tmp_path, "2 PET series")
+    assert all(uid in message for uid in series) and ct not in message
     assert read_pet(tmp_path, series_uid=series[0]).meta.series_instance_uid == series[0]
 
 

@@ -71,10 +71,11 @@ def _pick_series(folder: Path, series_uid: str | None) -> list[tuple[Path, Datas
         return series[series_uid]
     if len(series) > 1:
         pet = {u: s for u, s in series.items() if str(s[0][1].get("Modality", "")) == "PT"}
-        if len(pet) == 1:  # a PET series beside its CT: the PET is what was meant
+        if len(pet) == 1:  # a PET series beside its CT (or its RTSTRUCT): the PET is what was meant
             return next(iter(pet.values()))
-        listing = "; ".join(_describe(u, s) for u, s in series.items())
-        raise SegAnyPetError(f"folder holds {len(series)} series, pass one with --series UID: {listing}", folder)
+        choices, kind = (pet, "PET series") if pet else (series, "series")  # the CTs and RTSTRUCTs beside are no choice
+        listing = "; ".join(_describe(u, s) for u, s in choices.items())
+        raise SegAnyPetError(f"folder holds {len(choices)} {kind}, pass one with --series UID: {listing}", folder)
     return next(iter(series.values()))
 
 
