@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import sys
 
+import matplotlib.pyplot as plt
 import nibabel as nib
 import numpy as np
 import pydicom
@@ -112,6 +113,28 @@ def test_segment_command_writes_every_output(tmp_path):
                     str(tmp_path / "out" / "mask.nii.gz"), "-o", str(tmp_path / "q.json")], check=True, capture_output=True)
     again = json.loads((tmp_path / "q.json").read_text())["structures"][0]["total"]
     assert again["mtv_ml"] == pytest.approx(expected.mtv_ml) and again["suv_peak"] == pytest.approx(expected.suv_peak)
+
+
+@pytest.mark.parametrize("method", ["suv2.5", "pct41", "pct50", "region-growing"])
+def test_a_single_slice_is_segmented_classically_and_refused_by_the_model(tmp_path, method):
+    """One axial slice (a real DICOM export can be one): the classical methods outline the hot disc in it, the picture
+    is the axial slice, and the 3D model refuses it in one line rather than answering with nothing."""
+    image = two_spheres()
+    k = image.shape[2] // 2
+    one = PetImage(np.ascontiguousarray(image.array[:, :, k:k + 1]), image.affine, image.space)
+    write_pet_dicom(one, tmp_path / "pet")
+    c = f"{image.shape[0] // 2},{image.shape[1] // 2},0"
+    run = lambda m, out: subprocess.run([sys.executable, "-m", "seganypet.cli", "segment", "-i", str(tmp_path / "pet"),  # noqa: E731
+                                         "-o", str(tmp_path / out), "--point", c, "--method", m], capture_output=True, text=True)
+    result = run(method, "out")
+    assert result.returncode == 0, result.stderr
+    mask = np.asarray(nib.load(tmp_path / "out" / "mask.nii.gz").dataobj) > 0
+    truth = one.array == 8.0
+    assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
+    width, height = plt.imread(tmp_path / "out" / "overview.png").shape[1::-1]
+    assert width < 2 * height  # the axial slice, not a 1-voxel coronal strip
+    refused = run("model", "model_out")
+    assert refused.returncode == 1 and "3D volumes" in refused.stderr and "Traceback" not in refused.stderr
 
 
 def test_out_of_volume_click_and_wrong_grid_mask_fail_cleanly(tmp_path):

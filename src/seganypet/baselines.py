@@ -78,13 +78,19 @@ def region_growing(suv: np.ndarray, seed, steps: int = 24) -> np.ndarray:
     best, best_score = np.zeros(suv.shape, bool), -np.inf
     for threshold in np.linspace(0.95 * peak, floor, steps):
         region = _component_at(suv >= threshold, seed)
-        if region[0].any() or region[-1].any() or region[:, 0].any() or region[:, -1].any() or region[:, :, 0].any() or region[:, :, -1].any():
+        if _reaches_border(region):
             break
         boundary = region & ~ndimage.binary_erosion(region)
         score = float(gradient[boundary].mean())
         if score > best_score:
             best, best_score = region, score
     return best
+
+
+def _reaches_border(region: np.ndarray) -> bool:
+    """Whether a region touches a face of its search region, along the axes at least 3 voxels long: a single slice
+    (or two) has no inside along its normal to leak out of."""
+    return any(np.take(region, [0, -1], axis=axis).any() for axis in range(region.ndim) if region.shape[axis] >= 3)
 
 
 METHODS: dict[str, Callable[[np.ndarray, tuple], np.ndarray]] = {
