@@ -230,6 +230,41 @@ def test_truncated_dicom_names_the_slice(tmp_path):
     assert paths[1].name in str(info.value)
 
 
+@pytest.mark.parametrize("syntax", ["JPEGLosslessProcess14_1", "JPEG2000Lossless", "JPEGLSLossless", "RLELossless"])
+def test_compressed_dicom_reads_as_the_uncompressed_series(tmp_path, syntax):
+    """PACS exports are often compressed: each lossless DICOM compression, transcoded by GDCM, gives the same SUV."""
+    gdcm = pytest.importorskip("gdcm")
+    rng = np.random.default_rng(3)
+    paths = write_series(tmp_path / "plain", rng.uniform(0, 30000, (16, 12, 4)).round(), info=AcquisitionInfo(weight_kg=70.0))
+    (tmp_path / "packed").mkdir()
+    for path in paths:
+        reader = gdcm.ImageReader()
+        reader.SetFileName(str(path))
+        assert reader.Read()
+        change = gdcm.ImageChangeTransferSyntax()
+        change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
+        change.SetInput(reader.GetImage())
+        assert change.Change()
+        writer = gdcm.ImageWriter()
+        writer.SetFile(reader.GetFile())
+        writer.SetImage(change.GetOutput())
+        writer.SetFileName(str(tmp_path / "packed" / path.name))
+        assert writer.Write()
+    packed = pydicom.dcmread(tmp_path / "packed" / paths[0].name).file_meta.TransferSyntaxUID
+    assert packed.is_compressed
+    assert np.array_equal(read_pet(tmp_path / "packed").array, read_pet(tmp_path / "plain").array)
+
+
+def test_undecodable_compressed_dicom_is_named_in_one_line(tmp_path):
+    paths = write_series(tmp_path, np.full((16, 16, 3), 100.0))
+    ds = pydicom.dcmread(paths[1])
+    ds.file_meta.TransferSyntaxUID = pydicom.uid.JPEG2000Lossless  # the raw pixels left as they are: no codestream
+    ds.PixelData = pydicom.encaps.encapsulate([b"\x00" * 64])
+    ds.save_as(paths[1], enforce_file_format=True)
+    message = _raises(tmp_path, "cannot decode")
+    assert paths[1].name in message and "JPEG 2000" in message
+
+
 def test_cli_prints_one_line_and_exits_nonzero(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "seganypet.cli", "info", "-i", str(tmp_path / "missing.nii.gz")],

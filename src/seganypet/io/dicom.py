@@ -119,12 +119,26 @@ def _check_grid(positions: np.ndarray, normal: np.ndarray, items: list[tuple[Pat
     return float(gaps.mean())
 
 
+def _reason(exc: Exception) -> str:
+    """An exception in one line: pydicom's decoders explain themselves over several."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
 def _rescaled_pixels(path: Path) -> np.ndarray:
+    damaged = "truncated or corrupt file?"
     try:
         ds = pydicom.dcmread(path)
-        pixels = ds.pixel_array
     except Exception as exc:  # pydicom raises many types for damaged files
-        raise SegAnyPetError(f"cannot read pixel data ({type(exc).__name__}: {exc}); truncated or corrupt file?", path) from None
+        raise SegAnyPetError(f"cannot read pixel data ({_reason(exc)}); {damaged}", path) from None
+    try:
+        pixels = ds.pixel_array
+    except Exception as exc:
+        syntax = ds.file_meta.get("TransferSyntaxUID")
+        if syntax is not None and syntax.is_compressed:
+            damaged = ("a damaged file, or no decoder for it installed (python-gdcm, a seganypet dependency, reads "
+                       f"every DICOM compression); it is {syntax.name}")
+        raise SegAnyPetError(f"cannot decode its pixel data ({_reason(exc)}): {damaged}", path) from None
     if pixels.ndim != 2:
         raise SegAnyPetError(f"multi-frame image ({pixels.shape}): enhanced/4D PET is not supported", path)
     slope = float(ds.get("RescaleSlope", 1.0) or 1.0)
