@@ -196,7 +196,8 @@ def segment(
 @app.command()
 def quantify(
     input: InputOpt,
-    mask: Annotated[Path, typer.Option("-m", "--mask", help="Label map (NIfTI) on the scan's grid.")],
+    mask: Annotated[Path, typer.Option("-m", "--mask", help="Label map on the scan's grid (NIfTI/NRRD/MHA), or a DICOM "
+                                       "SEG or RTSTRUCT of it.")],
     output: Annotated[Path, typer.Option("-o", "--output", help="Report JSON to write (CSV beside it).")],
     series: SeriesOpt = None,
     units: UnitsOpt = "suv",
@@ -207,20 +208,13 @@ def quantify(
     """Measure SUVmax/mean/peak, MTV and TLG of an existing mask."""
     import json
 
-    import numpy as np
-
-    from seganypet.io import read_pet
+    from seganypet.io.masks import read_mask
     from seganypet.io.write import write_atomic
     from seganypet.report import build_report, report_csv, summary_line
 
     image = read_input(input, series, units, weight, dose, uptake)
-    labels_image = read_pet(mask)
-    if labels_image.shape != image.shape or not np.allclose(labels_image.affine_in("RAS"), image.affine_in("RAS"), atol=1e-3):
-        raise SegAnyPetError(f"mask grid {labels_image.shape} does not match the scan's {image.shape} (shape or affine differ)", mask)
-    labels = np.rint(labels_image.array).astype(np.int32)
-    if not labels.any():
-        raise SegAnyPetError("the mask is empty", mask)
-    report = build_report(image, labels, {}, "external mask", {"mask": str(mask)})
+    labels, names = read_mask(mask, image)
+    report = build_report(image, labels, names, "external mask", {"mask": str(mask)})
     write_atomic(output, lambda tmp: tmp.write_text(json.dumps(report, indent=2)))
     write_atomic(output.with_suffix(".csv"), lambda tmp: tmp.write_text(report_csv(report)))
     for s in report["structures"]:

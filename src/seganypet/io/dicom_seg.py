@@ -110,6 +110,10 @@ def read_dicom_seg(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[
     """
     seg = hd.seg.segread(path)
     slice_of = {uid: k for k, uid in enumerate(image.meta.sop_instance_uids)}
+    foreign = {uid for _, _, uid in seg.get_source_image_uids()} - set(slice_of)
+    if foreign:
+        raise SegAnyPetError(f"the SEG refers to {len(foreign)} image(s) that are not slices of this scan: it was drawn "
+                             "on another series (give that series' DICOM as the scan)", path)
     labels = np.zeros(image.shape, np.uint16)
     names = {}
     for number in seg.segment_numbers:

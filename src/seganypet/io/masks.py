@@ -1,0 +1,108 @@
+"""Masks made elsewhere, on a scan's grid: a label map (NIfTI/NRRD/MHA), a DICOM SEG or an RTSTRUCT.
+
+Readers bring their outlines from where they drew them: 3D Slicer and nnU-Net write label maps, PACS and
+AI tools DICOM SEG, radiotherapy and MIM RTSTRUCT contours. Each comes back as one integer label map on
+the PET's own voxels, with a name per label, so the same quantification runs on all of them.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from matplotlib.path import Path as Polygon
+from pydicom.errors import InvalidDicomError
+
+from seganypet.errors import SegAnyPetError
+from seganypet.io.image import PetImage
+from seganypet.io.volume import is_volume_file, read_volume
+
+log = logging.getLogger(__name__)
+
+
+def read_mask(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[int, str]]:
+    """A mask file on ``image``'s grid: (int32 label map, label -> name; names empty for a plain label map)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SegAnyPetError("no such mask file", path)
+    if is_volume_file(path):
+        labels_image = read_volume(path)
+        if labels_image.shape != image.shape or not np.allclose(labels_image.affine_in("RAS"), image.affine_in("RAS"), atol=1e-3):
+            raise SegAnyPetError(f"mask grid {labels_image.shape} does not match the scan's {image.shape} (shape or affine "
+                                 "differ)", path)
+        labels, names = np.rint(labels_image.array).astype(np.int32), {}
+    else:
+        try:
+            modality = str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", ""))
+        except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
+            raise SegAnyPetError(f"neither a label map (NIfTI/NRRD/MHA) nor a readable DICOM file ({exc})", path) from None
+        if modality == "SEG":
+            from seganypet.io.dicom_seg import read_dicom_seg
+
+            labels, names = read_dicom_seg(path, image)
+            labels = labels.astype(np.int32)
+        elif modality == "RTSTRUCT":
+            labels, names = read_rtstruct(path, image)
+        else:
+            raise SegAnyPetError(f"a DICOM {modality or 'file without Modality'}, not a DICOM SEG or RTSTRUCT", path)
+    if not labels.any():
+        raise SegAnyPetError("the mask is empty on this scan's grid", path)
+    return labels, names
+
+
+def read_rtstruct(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[int, str]]:
+    """An RTSTRUCT's closed planar contours filled on ``image``'s slices: (label map, label -> ROI name).
+
+    A voxel belongs to an ROI when its centre lies inside (or on) the ROI's contours on its slice, by the even-odd
+    rule, so a contour drawn inside another is a hole (as RTSTRUCT writers encode them). Contours are placed by their patient
+    coordinates, so the scan may come from any file format; they must lie in its slices (an axial scan, axial
+    contours). ROIs are labelled 1, 2, ... in the file's order; where two overlap, the later one keeps the voxel.
+    """
+    path = Path(path)
+    ds = pydicom.dcmread(path)
+    names_by_number = {int(r.ROINumber): str(r.get("ROIName", f"roi_{r.ROINumber}")) for r in ds.get("StructureSetROISequence", [])}
+    to_ijk = np.linalg.inv(image.affine_in("LPS"))
+    labels = np.zeros(image.shape, np.int32)
+    names: dict[int, str] = {}
+    for roi in ds.get("ROIContourSequence", []):
+        inside = np.zeros(image.shape, bool)
+        for contour in roi.get("ContourSequence", []):
+            if contour.get("ContourGeometricType") != "CLOSED_PLANAR":
+                continue  # a point or an open line encloses no voxel
+            points = np.asarray(contour.ContourData, float).reshape(-1, 3)
+            ijk = points @ to_ijk[:3, :3].T + to_ijk[:3, 3]
+            if np.ptp(ijk[:, 2]) > 0.5:
+                raise SegAnyPetError("a contour crosses the scan's slices: RTSTRUCT contours must lie in its slice "
+                                     "planes", path)
+            k = int(np.rint(ijk[:, 2].mean()))
+            if 0 <= k < image.shape[2]:
+                _fill(inside[:, :, k], ijk[:, :2])
+        if not inside.any():
+            continue
+        value = len(names) + 1
+        if (labels[inside] > 0).any():
+            log.warning("%s: ROI %r overlaps an earlier one, which loses the voxels they share", path.name,
+                        names_by_number.get(int(roi.ReferencedROINumber)))
+        labels[inside] = value
+        names[value] = names_by_number.get(int(roi.ReferencedROINumber), f"roi_{roi.ReferencedROINumber}")
+    return labels, names
+
+
+def _fill(plane: np.ndarray, vertices: np.ndarray) -> None:
+    """Flip, in a bool slice, the voxels whose centres lie inside or on a polygon (voxel coordinates i, j).
+
+    On counts as inside: writers that trace a mask's boundary voxels (rt-utils, OpenCV) put the contour through their
+    centres, and the mask drawn must come back. matplotlib counts an edge point by the polygon's winding, so the
+    polygon is first turned counter-clockwise and then widened by a thousandth of a voxel."""
+    x, y = vertices[:, 0], vertices[:, 1]
+    if np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y) < 0:
+        vertices = vertices[::-1]
+    lo = np.clip(np.floor(vertices.min(0)).astype(int), 0, plane.shape)
+    hi = np.clip(np.ceil(vertices.max(0)).astype(int) + 1, 0, plane.shape)
+    if np.any(hi <= lo):
+        return  # the contour lies off the scan
+    ii, jj = np.meshgrid(np.arange(lo[0], hi[0]), np.arange(lo[1], hi[1]), indexing="ij")
+    inside = Polygon(vertices).contains_points(np.column_stack([ii.ravel(), jj.ravel()]), radius=1e-3)
+    plane[lo[0]:hi[0], lo[1]:hi[1]] ^= inside.reshape(ii.shape)
