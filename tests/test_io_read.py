@@ -42,7 +42,7 @@ def test_nifti_round_trip_is_exact(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".nrrd", ".mha"])
 def test_itk_volumes_keep_index_order_and_lps_geometry(tmp_path, suffix):
-    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6)  # (i, j, k)
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6) / 10  # (i, j, k), SUV 0-11.9
     img = sitk.GetImageFromArray(data.T)  # sitk wants (k, j, i)
     img.SetSpacing((2.0, 3.0, 4.0))
     img.SetOrigin((1.0, 2.0, 3.0))
@@ -128,6 +128,17 @@ def _raises(path, match, **kwargs):
     message = str(info.value)
     assert str(path) in message and "\n" not in message
     return message
+
+
+@pytest.mark.parametrize("what,values,match", [
+    ("CT in HU", lambda rng: rng.uniform(-1024, 1500, (20, 20, 10)), "as CT does in HU"),
+    ("Bq/mL", lambda rng: rng.uniform(0, 30000, (20, 20, 10)), "--units bqml"),
+])
+def test_a_volume_that_cannot_be_suv_is_refused(tmp_path, what, values, match):
+    """A volume file carries no units: CT (a PET/CT dataset's other channel) or Bq/mL read as SUV would give numbers
+    silently wrong by orders of magnitude."""
+    nib.save(nib.Nifti1Image(values(np.random.default_rng(0)).astype(np.float32), np.eye(4)), tmp_path / "scan.nii.gz")
+    _raises(tmp_path / "scan.nii.gz", match)
 
 
 def test_missing_file(tmp_path):

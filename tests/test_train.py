@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 import torch
@@ -16,11 +18,20 @@ from scipy import ndimage
 from conftest import add_lesion_sites, write_tiny_dataset
 from seganypet.clicks import centre_of, next_click
 from seganypet.errors import SegAnyPetError
+from seganypet.eval.runner import read_case
 from seganypet.infer import Session
 from seganypet.io import read_pet
 from seganypet.modeling import build_model, load_model, normalise_suv, read_checkpoint
 from seganypet.train import InteractiveLoss, LoopConfig, TrainConfig, mixed_loss, ramp_up, rectify, train
-from seganypet.train.data import TargetRef, TrainingData, choose_target, sample_crop
+from seganypet.train.data import (
+    TargetRef,
+    TrainingData,
+    choose_target,
+    label_names,
+    list_cases,
+    read_dataset_json,
+    sample_crop,
+)
 
 
 def fixed_batch(model):
@@ -266,3 +277,28 @@ def test_a_frozen_encoder_fine_tune_trains_the_prompt_encoder_and_decoder_alone_
         train(TrainConfig(str(data), str(tmp_path / "resumed"), **unfrozen), resume=True)
     with pytest.raises(SegAnyPetError, match="--freeze-encoder keeps the image encoder as --init gives it"):
         train(TrainConfig(str(data), str(tmp_path / "random"), size="test", steps=1, freeze_encoder=True))
+
+
+def test_a_pet_ct_dataset_is_read_from_its_pet_channel_never_its_ct(tmp_path):
+    """Laid out as nnU-Net's own AutoPET conversion: CT in channel 0, SUV in channel 1, both named "CT". Which one is
+    the PET must be stated, and then training and evaluation both read it (the CT, read as SUV, would be refused)."""
+    data = write_tiny_dataset(tmp_path / "petct")
+    for pet in sorted((data / "imagesTr").glob("*_0000.nii.gz")):
+        image = nib.load(pet)
+        ct = np.where(np.asarray(image.dataobj) > 0.5, 40.0, -1000.0).astype(np.float32)  # HU: soft tissue, air
+        pet.rename(pet.with_name(pet.name.replace("_0000", "_0001")))
+        nib.save(nib.Nifti1Image(ct, image.affine), pet)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["channel_names"] = {"0": "CT", "1": "CT"}
+    (data / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(SegAnyPetError, match="pet_channel"):
+        list_cases(data)
+    for stated in ({"seganypet": {**meta["seganypet"], "pet_channel": 1}}, {"channel_names": {"0": "CT", "1": "PET"}}):
+        (data / "dataset.json").write_text(json.dumps({**meta, **stated}))
+        assert list_cases(data) == ["case0", "case1"]
+        image, labels, _, _ = read_case(data, "case0", "Tr", label_names(read_dataset_json(data)), ".nii.gz")
+        assert image.source.name == "case0_0001.nii.gz" and image.array[labels == 2].mean() > 7
+        training = TrainingData(data, tmp_path / f"cache{len(stated)}")
+        assert training.arrays("case1").suv.max() > 7
+    with pytest.raises(SegAnyPetError, match="as CT does in HU"):
+        read_pet(data / "imagesTr" / "case0_0000.nii.gz")

@@ -23,9 +23,18 @@ from seganypet.errors import SegAnyPetError
 from seganypet.eval.metrics import dice, equivalent_diameter_mm, nsd, quantity_errors, union_box
 from seganypet.eval.segmenters import Segmenter, make_segmenter
 from seganypet.io import PetImage, read_pet
+from seganypet.io.volume import read_volume
 from seganypet.io.write import write_atomic
 from seganypet.progress import track
-from seganypet.train.data import case_targets, label_names, lesion_components, lesion_sites, list_cases, read_dataset_json
+from seganypet.train.data import (
+    case_targets,
+    image_file,
+    label_names,
+    lesion_components,
+    lesion_sites,
+    list_cases,
+    read_dataset_json,
+)
 
 log = logging.getLogger(__name__)
 SIZE_GROUPS = (("< 10 mm", 0.0, 10.0), ("10-30 mm", 10.0, 30.0), ("> 30 mm", 30.0, float("inf")))
@@ -108,12 +117,12 @@ def read_case(folder: Path, case: str, split: str, names: dict[int, str],
     """A case's image, label map, lesion instances and lesion sites (by instance id; empty without an instance map).
 
     Without an instance map, a lesion is a component of the lesion label: the targets and their truth must agree."""
-    image = read_pet(folder / f"images{split}" / f"{case}_0000{ending}")
-    labels = np.rint(read_pet(folder / f"labels{split}" / f"{case}{ending}").array).astype(np.uint16)
+    image = read_pet(image_file(folder, split, case, read_dataset_json(folder)))
+    labels = np.rint(read_volume(folder / f"labels{split}" / f"{case}{ending}").array).astype(np.uint16)
     inst_path = folder / f"instances{split}" / f"{case}{ending}"
     if not inst_path.is_file():
         return image, labels, lesion_components(labels, names), {}
-    instances = np.rint(read_pet(inst_path).array).astype(np.uint16)
+    instances = np.rint(read_volume(inst_path).array).astype(np.uint16)
     return image, labels, instances, lesion_sites(folder / "metadata" / f"{case}.json")
 
 

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from seganypet.errors import SegAnyPetError
 from seganypet.io.dicom import list_series, read_dicom_series
 from seganypet.io.image import PetImage, PetMetadata
 from seganypet.io.volume import bqml_to_suvbw, is_volume_file, read_volume
 from seganypet.io.write import atomic_path, write_atomic, write_nifti
+
+SUV_FLOOR = 100.0  # SUVbw below minus this is not PET noise
+SUV_P99_CEILING = 100.0  # a 99th percentile above this is not SUVbw
 
 __all__ = [
     "PetImage",
@@ -58,5 +63,22 @@ def read_pet(
         return bqml_to_suvbw(image, weight_kg=weight_kg, dose_mbq=dose_mbq, uptake_min=uptake_min)
     if units != "suv":
         raise SegAnyPetError(f"unknown units {units!r}: use 'suv' or 'bqml'", path)
+    _check_looks_like_suv(image)
     image.meta.notes.append("values taken as SUVbw as stored (volume files carry no SUV tags)")
     return image
+
+
+def _check_looks_like_suv(image: PetImage) -> None:
+    """Refuse a volume whose values no PET in SUV has: a volume file carries no units, and CT (the other channel of
+    a PET/CT dataset) or activity concentration read as SUV would give numbers that are silently wrong.
+
+    A PET in SUVbw is not negative beyond reconstruction noise (a few tenths), and 99 % of its voxels lie below
+    about 15; CT reaches -1000 HU in air, and FDG at 1 SUV is about 5,000 Bq/mL."""
+    low = float(image.array.min())
+    if low < -SUV_FLOOR:
+        raise SegAnyPetError(f"values go down to {low:.0f}, as CT does in HU and no PET in SUV does (the CT channel "
+                             "of a PET/CT dataset?)", image.source)
+    high = float(np.percentile(image.array, 99))
+    if high > SUV_P99_CEILING:
+        raise SegAnyPetError(f"99 % of voxels reach {high:.0f}, far above any SUV: activity in Bq/mL (pass --units "
+                             "bqml with --weight and --dose) or not a PET", image.source)

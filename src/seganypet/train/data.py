@@ -1,6 +1,7 @@
 """Training data from any nnU-Net v2 dataset folder: (case, target) pairs cropped as inference crops them.
 
-``DATASET/imagesTr/{case}_0000{ending}`` (PET in SUV), ``labelsTr/{case}{ending}``, ``dataset.json``;
+``DATASET/imagesTr/{case}_0000{ending}`` (PET in SUV; in a PET/CT dataset the channel ``dataset.json`` names
+PET, or gives as ``"seganypet": {"pet_channel": N}``), ``labelsTr/{case}{ending}``, ``dataset.json``;
 optional ``instancesTr/{case}{ending}`` (one id per lesion, else lesions are the connected components
 of the ``lesion`` label) and ``metadata/{case}.json`` (lesion sites, for leave-one-site-out runs).
 Label quality: ``dataset.json["seganypet"]["label_quality"]`` ({case: "clean"|"noisy"}) or a file
@@ -25,6 +26,7 @@ from seganypet.clicks import centre_of
 from seganypet.errors import SegAnyPetError
 from seganypet.infer.crop import CropGeometry
 from seganypet.io import read_pet
+from seganypet.io.volume import read_volume
 from seganypet.io.write import write_atomic
 from seganypet.modeling import ModelConfig
 from seganypet.progress import track_map
@@ -80,13 +82,36 @@ def label_quality(folder: Path, meta: dict, cases: list[str]) -> dict[str, bool]
     return dict.fromkeys(cases, False)
 
 
+def pet_channel(meta: dict) -> int:
+    """Which ``_000N`` image of a case is the PET.
+
+    nnU-Net's ``channel_names`` say how to normalise a channel, not what it holds: its own AutoPET conversion
+    (Dataset221) puts the CT in channel 0 and the SUV in channel 1 and names both "CT". So the channel is the only
+    one, or the one named PET (or PT, SUV), or the one the dataset states; else the dataset must say."""
+    channels = {int(k): str(v) for k, v in (meta.get("channel_names") or meta.get("modality") or {"0": "PET"}).items()}
+    stated = meta.get("seganypet", {}).get("pet_channel")
+    if stated is not None:
+        if int(stated) not in channels:
+            raise SegAnyPetError(f"dataset.json states pet_channel {stated}, but its channels are {channels}")
+        return int(stated)
+    named = [k for k, v in channels.items() if any(word in v.upper() for word in ("PET", "SUV")) or v.upper() == "PT"]
+    if len(channels) == 1 or len(named) == 1:
+        return next(iter(channels)) if len(channels) == 1 else named[0]
+    raise SegAnyPetError(f"dataset.json lists channels {channels} and does not say which is the PET: add "
+                         '"seganypet": {"pet_channel": N} to it, N being the one of imagesTr/CASE_000N')
+
+
+def image_file(folder: Path, split: str, case: str, meta: dict) -> Path:
+    """A case's PET image: ``images{split}/{case}_000N{ending}``, N the PET channel."""
+    return folder / f"images{split}" / f"{case}_{pet_channel(meta):04d}{meta.get('file_ending', '.nii.gz')}"
+
+
 def list_cases(folder: Path, split: str = "Tr") -> list[str]:
     meta = read_dataset_json(folder)
-    ending = meta.get("file_ending", ".nii.gz")
-    images = sorted((folder / f"images{split}").glob(f"*_0000{ending}"))
-    cases = [p.name[: -len(f"_0000{ending}")] for p in images]
+    suffix = image_file(folder, split, "", meta).name
+    cases = [p.name[: -len(suffix)] for p in sorted((folder / f"images{split}").glob(f"*{suffix}"))]
     if not cases:
-        raise SegAnyPetError(f"no images{split}/*_0000{ending} files", folder)
+        raise SegAnyPetError(f"no images{split}/*{suffix} files", folder)
     return cases
 
 
@@ -178,15 +203,15 @@ class TrainingData:
         index = self.cache / f"{case}.{labels_dir}.targets-v2.json"  # v2: noisy lesions carry sites
         if index.is_file():
             return [TargetRef(**{**t, "bbox": tuple(map(tuple, t["bbox"]))}) for t in json.loads(index.read_text())]
-        image = read_pet(self.folder / f"images{split}" / f"{case}_0000{ending}")
+        image = read_pet(image_file(self.folder, split, case, self.meta))
         label_path = self.folder / labels_dir / f"{case}{ending}"
         if not label_path.is_file():
             raise SegAnyPetError(f"no label file for case {case}", label_path)
-        labels = np.rint(read_pet(label_path).array).astype(np.uint16)
+        labels = np.rint(read_volume(label_path).array).astype(np.uint16)
         if labels.shape != image.shape:
             raise SegAnyPetError(f"label shape {labels.shape} differs from the image's {image.shape}", label_path)
         inst_path = self.folder / f"instances{split}" / f"{case}{ending}"
-        instances = np.rint(read_pet(inst_path).array).astype(np.uint16) if inst_path.is_file() else None
+        instances = np.rint(read_volume(inst_path).array).astype(np.uint16) if inst_path.is_file() else None
         sites = lesion_sites(self.folder / "metadata" / f"{case}.json")
         for suffix, array in (("suv", image.array.astype(np.float16)), ("seg", labels.astype(np.uint8 if labels.max() < 256 else np.uint16)),
                               ("spacing", image.spacing)):
