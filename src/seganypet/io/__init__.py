@@ -78,7 +78,7 @@ def _check_looks_like_suv(image: PetImage) -> None:
     if low < -SUV_FLOOR:
         raise SegAnyPetError(f"values go down to {low:.0f}, as CT does in HU and no PET in SUV does (the CT channel "
                              "of a PET/CT dataset?)", image.source)
-    high = float(np.percentile(image.array, 99))
+    high = float(np.percentile(image.array[::2, ::2, ::2], 99))  # every 8th voxel: as telling, 8x cheaper
     if high > SUV_P99_CEILING:
         raise SegAnyPetError(f"99 % of voxels reach {high:.0f}, far above any SUV: activity in Bq/mL (pass --units "
                              "bqml with --weight and --dose) or not a PET", image.source)
