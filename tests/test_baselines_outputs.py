@@ -115,26 +115,41 @@ def test_segment_command_writes_every_output(tmp_path):
     assert again["mtv_ml"] == pytest.approx(expected.mtv_ml) and again["suv_peak"] == pytest.approx(expected.suv_peak)
 
 
-@pytest.mark.parametrize("method", ["suv2.5", "pct41", "pct50", "region-growing"])
-def test_a_single_slice_is_segmented_classically_and_refused_by_the_model(tmp_path, method):
-    """One axial slice (a real DICOM export can be one): the classical methods outline the hot disc in it, the picture
-    is the axial slice, and the 3D model refuses it in one line rather than answering with nothing."""
+def single_slice(folder) -> PetImage:
+    """The middle axial slice of ``two_spheres`` as a one-slice DICOM series (a real export can be one)."""
     image = two_spheres()
     k = image.shape[2] // 2
     one = PetImage(np.ascontiguousarray(image.array[:, :, k:k + 1]), image.affine, image.space)
-    write_pet_dicom(one, tmp_path / "pet")
-    c = f"{image.shape[0] // 2},{image.shape[1] // 2},0"
-    run = lambda m, out: subprocess.run([sys.executable, "-m", "seganypet.cli", "segment", "-i", str(tmp_path / "pet"),  # noqa: E731
-                                         "-o", str(tmp_path / out), "--point", c, "--method", m], capture_output=True, text=True)
-    result = run(method, "out")
+    write_pet_dicom(one, folder)
+    return one
+
+
+def segment_single_slice(folder, out, method: str) -> subprocess.CompletedProcess:
+    c = f"{two_spheres().shape[0] // 2},{two_spheres().shape[1] // 2},0"
+    return subprocess.run([sys.executable, "-m", "seganypet.cli", "segment", "-i", str(folder), "-o", str(out),
+                           "--point", c, "--method", method], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("method", ["suv2.5", "pct41", "pct50", "region-growing"])
+def test_a_single_slice_is_segmented_by_the_classical_methods(tmp_path, method):
+    """Each outlines the hot disc in the one slice (region growing no longer takes the slice's own faces for a leak),
+    and the picture is the axial slice, not a coronal MIP one voxel high."""
+    one = single_slice(tmp_path / "pet")
+    result = segment_single_slice(tmp_path / "pet", tmp_path / "out", method)
     assert result.returncode == 0, result.stderr
     mask = np.asarray(nib.load(tmp_path / "out" / "mask.nii.gz").dataobj) > 0
     truth = one.array == 8.0
     assert 2 * (mask & truth).sum() / (mask.sum() + truth.sum()) > 0.9
     width, height = plt.imread(tmp_path / "out" / "overview.png").shape[1::-1]
-    assert width < 2 * height  # the axial slice, not a 1-voxel coronal strip
-    refused = run("model", "model_out")
-    assert refused.returncode == 1 and "3D volumes" in refused.stderr and "Traceback" not in refused.stderr
+    assert width < 2 * height
+
+
+def test_the_model_refuses_a_single_slice_in_one_line(tmp_path):
+    """A 3D model answers a lesion clicked in one slice with nothing (MIN_SLICES): it says so instead."""
+    single_slice(tmp_path / "pet")
+    result = segment_single_slice(tmp_path / "pet", tmp_path / "out", "model")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("error:") and "3D volumes" in result.stderr
 
 
 def test_out_of_volume_click_and_wrong_grid_mask_fail_cleanly(tmp_path):

@@ -95,8 +95,10 @@ def pet_channel(meta: dict) -> int:
             raise SegAnyPetError(f"dataset.json states pet_channel {stated}, but its channels are {channels}")
         return int(stated)
     named = [k for k, v in channels.items() if any(word in v.upper() for word in ("PET", "SUV")) or v.upper() == "PT"]
-    if len(channels) == 1 or len(named) == 1:
-        return next(iter(channels)) if len(channels) == 1 else named[0]
+    if len(channels) == 1:
+        return next(iter(channels))
+    if len(named) == 1:
+        return named[0]
     raise SegAnyPetError(f"dataset.json lists channels {channels} and does not say which is the PET: add "
                          '"seganypet": {"pet_channel": N} to it, N being the one of imagesTr/CASE_000N')
 
