@@ -212,6 +212,16 @@ def test_upload_of_a_volume_and_of_a_zipped_dicom_series(client, tmp_path):
     assert not (tmp_path / "evil").exists()
 
 
+def test_an_upload_that_is_not_a_pet_in_suv_is_refused_by_its_own_name(client, tmp_path):
+    """A CT (or Bq/mL) volume sent to the viewer: refused in one line that names the file as the user sent it, not the
+    server's temporary folder."""
+    ct = PetImage(np.random.default_rng(0).uniform(-1024, 1000, (20, 18, 16)).astype(np.float32), np.eye(4), "RAS")
+    write_nifti(ct, tmp_path / "ct.nii.gz")
+    refused = client.post("/api/sessions/upload", files={"file": ("ct.nii.gz", (tmp_path / "ct.nii.gz").read_bytes())})
+    assert refused.status_code == 422
+    assert refused.json()["detail"].startswith("ct.nii.gz: ") and "CT" in refused.json()["detail"]
+
+
 def test_sessions_are_bounded_least_recently_used_goes_first(client):
     first, second, third = (client.post("/api/sessions/scan").json()["id"] for _ in range(3))
     client.get(f"/api/sessions/{first}")  # touched: now the second is the oldest

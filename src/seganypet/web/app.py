@@ -255,6 +255,10 @@ def create_app(model: SegAnyPet, scan: PetImage | None = None, limits: Limits = 
                 path = _unzip_series(path, workdir / "dicom", limits.upload_mb)
             image = read_pet(path)
             image.source = Path(name)
+        except SegAnyPetError as err:  # named as the user sent it, not by the server's temporary folder
+            shutil.rmtree(workdir, ignore_errors=True)
+            inside = err.path is None or err.path.is_relative_to(workdir)  # the upload, or a file unzipped from it
+            raise SegAnyPetError(err.problem, name if inside else err.path) from None
         except BaseException:
             shutil.rmtree(workdir, ignore_errors=True)
             raise
