@@ -31,6 +31,24 @@ def test_suvbw_equals_hand_computed_value(tmp_path):
     np.testing.assert_allclose(image.array, expected, rtol=1e-6)
 
 
+@pytest.mark.parametrize("header_weight", [None, 70.0])
+def test_a_given_weight_replaces_a_missing_or_wrong_patient_weight(tmp_path, header_weight):
+    """Anonymisation strips PatientWeight, and a weight mistyped at the scanner is the commonest SUV error: the weight
+    given (``--weight``) is used in the header's place, and said so in the metadata; the file is left as it was."""
+    write_series(tmp_path, np.full((6, 5, 4), 5000.0), info=AcquisitionInfo(weight_kg=80.0, dose_bq=370e6),
+                 PatientWeight=header_weight, SeriesDate="20250304", SeriesTime="100000", AcquisitionDate="20250304",
+                 AcquisitionTime="100000", RadiopharmaceuticalStartDateTime="20250304090000",
+                 RadiopharmaceuticalStartTime="090000")
+    if header_weight is None:
+        with pytest.raises(SegAnyPetError, match="--weight"):
+            read_pet(tmp_path)
+    image = read_pet(tmp_path, weight_kg=84.0)
+    expected = 5000.0 * 84_000.0 / (370e6 * 2 ** (-3600.0 / F18))
+    np.testing.assert_allclose(image.array, expected, rtol=1e-6)
+    assert image.meta.patient_weight_kg == 84.0 and any("84 kg as given" in note for note in image.meta.notes)
+    assert pydicom.dcmread(next(tmp_path.rglob("*.dcm"))).get("PatientWeight") == header_weight
+
+
 def test_injection_before_midnight_scan_after(tmp_path):
     write_series(tmp_path, np.full((6, 5, 4), 4000.0), info=AcquisitionInfo(weight_kg=70.0, dose_bq=300e6),
                  SeriesDate="20250305", SeriesTime="003000", AcquisitionDate="20250305", AcquisitionTime="003000",

@@ -26,7 +26,8 @@ log = logging.getLogger("seganypet")
 InputOpt = Annotated[Path, typer.Option("-i", "--input", help="PET scan: NIfTI/NRRD/MHA file or DICOM folder.")]
 SeriesOpt = Annotated[Optional[str], typer.Option("--series", help="SeriesInstanceUID, when a folder holds several.")]
 UnitsOpt = Annotated[str, typer.Option("--units", help="Volume files only: 'suv' (as stored) or 'bqml'.")]
-WeightOpt = Annotated[Optional[float], typer.Option("--weight", help="Patient weight in kg (with --units bqml).")]
+WeightOpt = Annotated[Optional[float], typer.Option("--weight", help="Patient weight in kg: with --units bqml, or for "
+                                                    "DICOM in place of PatientWeight (missing or wrong).")]
 DoseOpt = Annotated[Optional[float], typer.Option("--dose", help="Injected dose in MBq (with --units bqml).")]
 UptakeOpt = Annotated[float, typer.Option("--uptake", help="Minutes from injection to scan (with --units bqml).")]
 CheckpointOpt = Annotated[Optional[Path], typer.Option("--checkpoint", "-c", help="Model checkpoint (default: the shipped one).")]

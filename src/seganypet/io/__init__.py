@@ -46,7 +46,7 @@ def read_pet(
     series_uid: which series, when a folder holds several.
     units: for volume files only: ``"suv"`` (default: values are SUVbw already) or
         ``"bqml"`` (Bq/mL, converted with ``weight_kg``, ``dose_mbq`` and ``uptake_min``).
-        DICOM is always converted from its own tags.
+        DICOM is always converted from its own tags, but for ``weight_kg``, which replaces PatientWeight.
     """
     path = Path(path)
     if not path.exists():
@@ -54,7 +54,7 @@ def read_pet(
     if path.is_dir() or not is_volume_file(path):
         if path.is_dir() and not any(path.iterdir()):
             raise SegAnyPetError("folder is empty", path)
-        return read_dicom_series(path, series_uid=series_uid)
+        return read_dicom_series(path, series_uid=series_uid, weight_kg=weight_kg)
     image = read_volume(path)
     units = units.lower()
     if units == "bqml":

@@ -146,8 +146,11 @@ def _rescaled_pixels(path: Path) -> np.ndarray:
     return pixels.astype(np.float64) * slope + intercept
 
 
-def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> PetImage:
-    """Read one PET series below ``folder`` (or the file itself) and convert it to SUVbw."""
+def read_dicom_series(folder: str | Path, series_uid: str | None = None, weight_kg: float | None = None) -> PetImage:
+    """Read one PET series below ``folder`` (or the file itself) and convert it to SUVbw.
+
+    weight_kg: the patient's weight, in place of PatientWeight: anonymisation strips it, and a wrong weight in the
+    header (a typing slip at the scanner) is the commonest reason an SUV must be recomputed."""
     folder = Path(folder)
     if folder.is_file():
         try:
@@ -168,6 +171,12 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None) -> PetI
 
     headers = [ds for _, ds in items]
     notes: list[str] = []
+    if weight_kg is not None:
+        if weight_kg <= 0:
+            raise SegAnyPetError(f"--weight must be positive, got {weight_kg:g}", folder)
+        notes.append(f"PatientWeight {weight_kg:g} kg as given, not the header's {first.get('PatientWeight') or 'none'}")
+        for ds in headers:  # the headers read here only, never the files
+            ds.PatientWeight = weight_kg
     try:
         scan_time = series_scan_time(headers)
         factors = [suvbw_factor(ds, scan_time, notes if n == 0 else None) for n, ds in enumerate(headers)]

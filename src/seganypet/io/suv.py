@@ -133,7 +133,7 @@ def half_life_s(ds: Dataset) -> float:
 def patient_weight_g(ds: Dataset) -> float:
     weight = ds.get("PatientWeight")
     if weight in (None, "") or float(weight) <= 0:
-        raise SegAnyPetError("no PatientWeight (0010,1030): cannot compute SUVbw")
+        raise SegAnyPetError("no PatientWeight (0010,1030): cannot compute SUVbw (give the weight with --weight KG)")
     return float(weight) * 1000.0
 
 
