@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import add_lesion_sites, write_tiny_dataset
+from seganypet import SegAnyPetError
 from seganypet.baselines import segment_classical
 from seganypet.clicks import centre_of, first_click, jittered_box, next_click
 from seganypet.eval import EvalConfig, area_under_curve, dice, false_volumes, nsd, run_evaluation
@@ -162,3 +163,20 @@ def test_without_instance_files_a_lesion_is_scored_against_its_component_and_sum
     assert runner_module.group_keys({**lesion, "suvmax": 10.0})[-1] == "lesion SUVmax >= 10"
     organ = next(r for r in result["rows"] if r["structure"] == "organ")
     assert runner_module.group_keys(organ) == ["organ"]
+
+
+def test_a_region_based_dataset_json_evaluates_its_labels_and_a_bad_label_value_is_named(tmp_path, caplog):
+    """nnU-Net's region-based datasets list unions of labels (``[1, 2]``) beside the labels: the labels are the targets,
+    the region is left out with a warning, not a traceback; a value that is no label is a one-line error."""
+    data = write_tiny_dataset(tmp_path / "regions")
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["labels"]["organ or lesion"] = [1, 2]
+    meta["regions_class_order"] = [1, 2]
+    (data / "dataset.json").write_text(json.dumps(meta))
+    run_evaluation(EvalConfig(str(data), str(tmp_path / "out"), "pct41", clicks=(1,), split="Tr"))
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())["rows"]
+    assert {r["structure"] for r in rows} == {"organ", "lesion"} and "organ or lesion" in caplog.text
+    meta["labels"]["organ"] = "one"
+    (data / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(SegAnyPetError, match="'organ' has the value 'one'"):
+        run_evaluation(EvalConfig(str(data), str(tmp_path / "out2"), "pct41", clicks=(1,), split="Tr"))

@@ -67,7 +67,21 @@ def read_dataset_json(folder: Path) -> dict:
 
 
 def label_names(meta: dict) -> dict[int, str]:
-    return {int(v): k for k, v in meta.get("labels", {}).items() if int(v) != 0}
+    """{label value: name} of the dataset's structures, background left out.
+
+    nnU-Net's region-based datasets also list regions, unions of labels (``"whole tumour": [1, 2, 3]``); each label in
+    them is a target already, so a region is left out, with a warning."""
+    names, regions = {}, []
+    for name, value in meta.get("labels", {}).items():
+        if isinstance(value, (list, tuple)):
+            regions.append(name)
+        elif isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
+            raise SegAnyPetError(f"dataset.json label {name!r} has the value {value!r}: a label value is an integer")
+        elif int(value) != 0:
+            names[int(value)] = name
+    if regions:
+        log.warning("dataset.json regions %s are unions of labels; their labels are the targets", ", ".join(regions))
+    return names
 
 
 def label_quality(folder: Path, meta: dict, cases: list[str]) -> dict[str, bool]:
