@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -180,3 +181,13 @@ def test_a_region_based_dataset_json_evaluates_its_labels_and_a_bad_label_value_
     (data / "dataset.json").write_text(json.dumps(meta))
     with pytest.raises(SegAnyPetError, match="'organ' has the value 'one'"):
         run_evaluation(EvalConfig(str(data), str(tmp_path / "out2"), "pct41", clicks=(1,), split="Tr"))
+
+
+def test_a_label_map_on_another_grid_than_its_image_is_refused_not_scored(tmp_path):
+    """A label map of the right shape but flipped against its image would be scored on the wrong voxels."""
+    data = write_tiny_dataset(tmp_path / "flipped")
+    path = data / "labelsTr" / "case1.nii.gz"
+    labels = nib.load(path)
+    nib.save(nib.Nifti1Image(np.asarray(labels.dataobj), np.diag([-4.0, 4.0, 4.0, 1.0])), path)
+    with pytest.raises(SegAnyPetError, match="does not match"):
+        run_evaluation(EvalConfig(str(data), str(tmp_path / "out"), "pct41", clicks=(1,), split="Tr"))

@@ -23,7 +23,7 @@ from seganypet.errors import SegAnyPetError
 from seganypet.eval.metrics import dice, equivalent_diameter_mm, nsd, quantity_errors, union_box
 from seganypet.eval.segmenters import Segmenter, make_segmenter
 from seganypet.io import PetImage, read_pet
-from seganypet.io.volume import read_volume
+from seganypet.io.masks import read_label_map
 from seganypet.io.write import write_atomic
 from seganypet.progress import track
 from seganypet.train.data import (
@@ -118,11 +118,11 @@ def read_case(folder: Path, case: str, split: str, names: dict[int, str],
 
     Without an instance map, a lesion is a component of the lesion label: the targets and their truth must agree."""
     image = read_pet(image_file(folder, split, case, read_dataset_json(folder)))
-    labels = np.rint(read_volume(folder / f"labels{split}" / f"{case}{ending}").array).astype(np.uint16)
+    labels = read_label_map(folder / f"labels{split}" / f"{case}{ending}", image)
     inst_path = folder / f"instances{split}" / f"{case}{ending}"
     if not inst_path.is_file():
         return image, labels, lesion_components(labels, names), {}
-    instances = np.rint(read_volume(inst_path).array).astype(np.uint16)
+    instances = read_label_map(inst_path, image)
     return image, labels, instances, lesion_sites(folder / "metadata" / f"{case}.json")
 
 

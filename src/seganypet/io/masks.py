@@ -28,11 +28,7 @@ def read_mask(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[int, 
     if not path.is_file():
         raise SegAnyPetError("no such mask file", path)
     if is_volume_file(path):
-        labels_image = read_volume(path)
-        if labels_image.shape != image.shape or not np.allclose(labels_image.affine_in("RAS"), image.affine_in("RAS"), atol=1e-3):
-            raise SegAnyPetError(f"mask grid {labels_image.shape} does not match the scan's {image.shape} (shape or affine "
-                                 "differ)", path)
-        labels, names = np.rint(labels_image.array).astype(np.int32), {}
+        labels, names = read_label_map(path, image).astype(np.int32), {}
     else:
         try:
             modality = str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", ""))
@@ -50,6 +46,16 @@ def read_mask(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[int, 
     if not labels.any():
         raise SegAnyPetError("the mask is empty on this scan's grid", path)
     return labels, names
+
+
+def read_label_map(path: str | Path, image: PetImage) -> np.ndarray:
+    """A label map file (NIfTI/NRRD/MHA) on ``image``'s grid, as uint16: refused when its shape or affine differ, since
+    a label map flipped or shifted against its scan would be scored and measured on the wrong voxels."""
+    labels_image = read_volume(path)
+    if labels_image.shape != image.shape or not np.allclose(labels_image.affine_in("RAS"), image.affine_in("RAS"), atol=1e-3):
+        raise SegAnyPetError(f"label grid {labels_image.shape} does not match the scan's {image.shape} (shape or affine "
+                             "differ)", path)
+    return np.rint(labels_image.array).astype(np.uint16)
 
 
 def read_rtstruct(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[int, str]]:

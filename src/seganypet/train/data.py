@@ -26,7 +26,7 @@ from seganypet.clicks import centre_of
 from seganypet.errors import SegAnyPetError
 from seganypet.infer.crop import CropGeometry
 from seganypet.io import read_pet
-from seganypet.io.volume import read_volume
+from seganypet.io.masks import read_label_map
 from seganypet.io.write import write_atomic
 from seganypet.modeling import ModelConfig
 from seganypet.progress import track_map
@@ -223,11 +223,9 @@ class TrainingData:
         label_path = self.folder / labels_dir / f"{case}{ending}"
         if not label_path.is_file():
             raise SegAnyPetError(f"no label file for case {case}", label_path)
-        labels = np.rint(read_volume(label_path).array).astype(np.uint16)
-        if labels.shape != image.shape:
-            raise SegAnyPetError(f"label shape {labels.shape} differs from the image's {image.shape}", label_path)
+        labels = read_label_map(label_path, image)
         inst_path = self.folder / f"instances{split}" / f"{case}{ending}"
-        instances = np.rint(read_volume(inst_path).array).astype(np.uint16) if inst_path.is_file() else None
+        instances = read_label_map(inst_path, image) if inst_path.is_file() else None
         sites = lesion_sites(self.folder / "metadata" / f"{case}.json")
         for suffix, array in (("suv", image.array.astype(np.float16)), ("seg", labels.astype(np.uint8 if labels.max() < 256 else np.uint16)),
                               ("spacing", image.spacing)):
