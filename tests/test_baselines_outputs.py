@@ -152,6 +152,31 @@ def test_the_model_refuses_a_single_slice_in_one_line(tmp_path):
     assert result.stderr.strip().splitlines()[-1].startswith("error:") and "3D volumes" in result.stderr
 
 
+@pytest.mark.parametrize("positive,box,match", [
+    ([(1, 2)], None, "point .* is not 3 numbers"),
+    ([("a", 1, 1)], None, "point .* is not 3 numbers"),
+    ([(float("nan"), 1, 1)], None, "point .* is not 3 numbers"),
+    ([], [1, 2], "box .* is not 6 numbers"),
+    ([], [[1, 2, 3], [4, 5, "x"]], "box .* is not 6 numbers"),
+])
+def test_malformed_prompts_are_one_line_errors(positive, box, match):
+    """As a prompts file or the viewer may send them: never a numpy traceback."""
+    with pytest.raises(SegAnyPetError, match=match):
+        make_prompts(two_spheres(), positive, box=box)
+
+
+def test_a_malformed_prompts_file_or_box_option_is_refused_in_one_line(tmp_path):
+    image = two_spheres()
+    nib.save(nib.Nifti1Image(image.array, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "pet.nii.gz")
+    (tmp_path / "prompts.json").write_text(json.dumps({"targets": [5]}))
+    for option in (["--prompts", str(tmp_path / "prompts.json")], ["--box", "1,2,3,a,5,6"],
+                   ["--prompts", str(tmp_path / "missing.json")]):
+        result = subprocess.run([sys.executable, "-m", "seganypet.cli", "segment", "-i", str(tmp_path / "pet.nii.gz"),
+                                 "-o", str(tmp_path / "out"), *option], capture_output=True, text=True)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
+
+
 def test_out_of_volume_click_and_wrong_grid_mask_fail_cleanly(tmp_path):
     image = two_spheres()
     nib.save(nib.Nifti1Image(image.array, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "pet.nii.gz")

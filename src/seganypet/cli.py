@@ -109,20 +109,19 @@ def _load_targets(prompts_file: Path | None, point, negative, box, label: str, c
     """Targets from --point/--negative/--box, or from a prompts JSON file for many targets at once."""
     import json
 
-    from seganypet.prompts import parse_triplet
+    from seganypet.prompts import parse_numbers
 
     if prompts_file is None:
-        corners = None
-        if box:
-            values = [float(v) for v in box.split(",")] if box.count(",") == 5 else None
-            if values is None:
-                raise SegAnyPetError(f"--box {box!r} needs six numbers x0,y0,z0,x1,y1,z1")
-            corners = values
-        return [{"name": label, "points": [parse_triplet(p) for p in point],
-                 "negative": [parse_triplet(p, "negative point") for p in negative], "box": corners}], coords
+        return [{"name": label, "points": [parse_numbers(p) for p in point],
+                 "negative": [parse_numbers(p, what="negative point") for p in negative],
+                 "box": parse_numbers(box, 6, "--box") if box else None}], coords
+    if not prompts_file.is_file():
+        raise SegAnyPetError("no such prompts file", prompts_file)
     try:
         spec = json.loads(prompts_file.read_text())
         targets = spec["targets"]
+        if not isinstance(targets, list) or not all(isinstance(t, dict) for t in targets):
+            raise TypeError("'targets' must be a list of objects with points, negative and box")
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise SegAnyPetError(f"not a prompts file with a 'targets' list ({exc})", prompts_file) from None
     return [{"name": t.get("name", f"target_{n}"), "points": t.get("points", []), "negative": t.get("negative", []),

@@ -29,19 +29,26 @@ class Prompts:
         return bool(self.positive or self.box)
 
 
-def parse_triplet(text: str, what: str = "point") -> tuple[float, float, float]:
+def parse_numbers(text: str, count: int = 3, what: str = "point") -> tuple[float, ...]:
+    """``"x,y,z"`` as typed on the command line (six numbers for a box)."""
+    return tuple(_numbers(text.replace(" ", "").split(","), count, what, shown=text))
+
+
+def _numbers(value, count: int, what: str, shown=None) -> np.ndarray:
+    """``count`` finite numbers from a user's list (a JSON prompts file's, a split string), or a one-line error."""
     try:
-        values = tuple(float(v) for v in text.replace(" ", "").split(","))
-    except ValueError:
-        raise SegAnyPetError(f"{what} {text!r} is not x,y,z numbers") from None
-    if len(values) != 3:
-        raise SegAnyPetError(f"{what} {text!r} needs three numbers x,y,z")
-    return values  # type: ignore[return-value]
+        numbers = np.asarray(value, float).ravel()
+    except (TypeError, ValueError):
+        numbers = np.array([np.nan])
+    if numbers.size != count or not np.isfinite(numbers).all():
+        raise SegAnyPetError(f"{what} {shown if shown is not None else value!r} is not {count} numbers"
+                             + (" x,y,z" if count == 3 else " x0,y0,z0,x1,y1,z1"))
+    return numbers
 
 
 def to_voxel(image: PetImage, xyz, coords: Coords = "voxel", what: str = "point") -> tuple[int, int, int]:
     """One point to integer voxel indices, refusing points outside the volume."""
-    xyz = np.asarray(xyz, float)
+    xyz = _numbers(xyz, 3, what)
     ijk = image.world_to_voxel(xyz)[0] if coords == "mm" else xyz
     voxel = np.rint(ijk).astype(int)
     if np.any(voxel < 0) or np.any(voxel >= image.shape):
@@ -58,7 +65,7 @@ def make_prompts(image: PetImage, positive=(), negative=(), box=None, coords: Co
         negative=[to_voxel(image, p, coords, "negative point") for p in negative],
     )
     if box is not None:
-        corners = np.asarray(box, float).reshape(2, 3)
+        corners = _numbers(box, 6, "box").reshape(2, 3)
         a, b = (np.asarray(to_voxel(image, c, coords, "box corner")) for c in corners)
         prompts.box = (tuple(int(v) for v in np.minimum(a, b)), tuple(int(v) for v in np.maximum(a, b)))
     if not prompts:
