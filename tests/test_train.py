@@ -302,3 +302,15 @@ def test_a_pet_ct_dataset_is_read_from_its_pet_channel_never_its_ct(tmp_path):
         assert training.arrays("case1").suv.max() > 7
     with pytest.raises(SegAnyPetError, match="as CT does in HU"):
         read_pet(data / "imagesTr" / "case0_0000.nii.gz")
+
+
+def test_options_out_of_range_are_refused_together_before_anything_is_written(tmp_path):
+    """An empty batch or a negative learning rate would stop torch minutes in, with a traceback."""
+    data = write_tiny_dataset(tmp_path / "data")
+    cfg = TrainConfig(str(data), str(tmp_path / "run"), size="test", steps=0, batch=0, lr=-1e-3, lesion_fraction=1.5,
+                      loop=LoopConfig(cpcl_k=1))
+    with pytest.raises(SegAnyPetError) as info:
+        train(cfg)
+    for named in ("--steps 0", "--batch 0", "--lr -0.001", "--lesion-fraction 1.5", "--cpcl-k 1"):
+        assert named in str(info.value)
+    assert not (tmp_path / "run").exists()

@@ -293,6 +293,8 @@ def view(
 
     if max_upload_mb <= 0 or max_sessions < 1:
         raise SegAnyPetError("--max-upload-mb must be positive and --max-sessions at least 1")
+    if not 1 <= port <= 65535:
+        raise SegAnyPetError(f"--port must be 1-65535, not {port}")
     scan = read_input(input, series, units, weight, dose, uptake) if input is not None else None
     model = load_model(checkpoint, device=_device(device))
     app_ = create_app(model, scan, Limits(upload_mb=max_upload_mb, sessions=max_sessions))
@@ -389,17 +391,9 @@ def train(
     from seganypet.train import LoopConfig, TrainConfig
     from seganypet.train import train as run
 
-    if bf16 not in ("auto", "on", "off"):
-        raise SegAnyPetError(f"--bf16 must be auto, on or off, not {bf16!r}")
-    if not 0 <= lesion_fraction <= 1:
-        raise SegAnyPetError(f"--lesion-fraction must lie between 0 and 1, not {lesion_fraction}")
-    if not suv_scale >= 1:
-        raise SegAnyPetError(f"--suv-scale must be 1 (no scaling) or more, not {suv_scale}")
-    if not 0 <= centre_clicks <= 1:
-        raise SegAnyPetError(f"--centre-clicks must lie between 0 and 1, not {centre_clicks}")
     config = TrainConfig(str(dataset), str(output), size=size, steps=steps, batch=batch, lr=lr, exclude=tuple(exclude),
                          seed=seed, save_every=save_every, bf16=bf16, cpcl_rampup=cpcl_rampup, init=str(init) if init else None,
-                         warmup=warmup, workers=max(0, workers), lesion_fraction=lesion_fraction,
+                         warmup=warmup, workers=workers, lesion_fraction=lesion_fraction,
                          organ_weights=tuple(_name_weight(item) for item in organ_weight), suv_scale=suv_scale,
                          centre_clicks=centre_clicks, freeze_encoder=freeze_encoder,
                          loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))

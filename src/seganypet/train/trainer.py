@@ -142,18 +142,43 @@ class TrainResult:
     step: int
 
 
-def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainResult:
-    """Train; ``OUT/last.pt`` holds the full state every ``save_every`` steps and when stopped (Ctrl-C,
-    SIGTERM), ``OUT/model.pt`` the final weights. ``stop_after``: leave after that many steps of this call."""
-    rank, world = _distributed()
-    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+def _check_options(cfg: TrainConfig) -> None:
+    """The options' ranges, before anything is written or cached: torch would otherwise stop on them with a traceback
+    minutes into the run (an empty batch, a negative learning rate)."""
     if cfg.size not in PRESETS:
         raise SegAnyPetError(f"unknown model size {cfg.size!r}; choose one of {', '.join(PRESETS)}")
     if cfg.freeze_encoder and not cfg.init:
         raise SegAnyPetError("--freeze-encoder keeps the image encoder as --init gives it: name the checkpoint to start from")
+    wrong = [f"--{name} {value:g} ({rule})" for name, value, ok, rule in (
+        ("steps", cfg.steps, cfg.steps >= 1, "at least 1"),
+        ("batch", cfg.batch, cfg.batch >= 1, "at least 1"),
+        ("lr", cfg.lr, cfg.lr > 0, "positive"),
+        ("weight-decay", cfg.weight_decay, cfg.weight_decay >= 0, "not negative"),
+        ("warmup", cfg.warmup, cfg.warmup >= 0, "not negative"),
+        ("save-every", cfg.save_every, cfg.save_every >= 1, "at least 1"),
+        ("lesion-fraction", cfg.lesion_fraction, 0 <= cfg.lesion_fraction <= 1, "between 0 and 1"),
+        ("suv-scale", cfg.suv_scale, cfg.suv_scale >= 1, "at least 1"),
+        ("centre-clicks", cfg.centre_clicks, 0 <= cfg.centre_clicks <= 1, "between 0 and 1"),
+        ("cpcl-rampup", cfg.cpcl_rampup, cfg.cpcl_rampup >= 0, "not negative"),
+        ("cpcl-weight", cfg.cpcl_weight, cfg.cpcl_weight >= 0, "not negative"),
+        ("workers", cfg.workers, cfg.workers >= 0, "not negative"),
+        ("rounds", cfg.loop.rounds, cfg.loop.rounds >= 1, "at least 1"),
+        ("cpcl-k", cfg.loop.cpcl_k, cfg.loop.cpcl_k >= 2, "at least 2: one prompt set has no spread")) if not ok]
+    if cfg.bf16 not in ("auto", "on", "off"):
+        wrong.append(f"--bf16 {cfg.bf16!r} (auto, on or off)")
+    if wrong:
+        raise SegAnyPetError("out of range: " + "; ".join(wrong))
+
+
+def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None) -> TrainResult:
+    """Train; ``OUT/last.pt`` holds the full state every ``save_every`` steps and when stopped (Ctrl-C,
+    SIGTERM), ``OUT/model.pt`` the final weights. ``stop_after``: leave after that many steps of this call."""
+    _check_options(cfg)
     _check_organ_weights(cfg)  # before the cache is filled: a misspelt name should not cost minutes
+    rank, world = _distributed()
+    device = torch.device(f"cuda:{rank % torch.cuda.device_count()}" if torch.cuda.is_available() else "cpu")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
     data = TrainingData(cfg.dataset, out / "cache", cfg.exclude, workers=cfg.workers) if rank == 0 else None
     if world > 1:
         dist.barrier()  # rank 0 fills the cache first
