@@ -135,3 +135,11 @@ def test_the_ibsi_dro_rtstruct_lies_within_its_reference_mask():
     assert names == {1: "region_1"} and roi.any() and not (roi & ~truth).any()
     for k in np.flatnonzero(roi.any((0, 1))):
         assert 2 * (roi[..., k] & truth[..., k]).sum() / (roi[..., k].sum() + truth[..., k].sum()) > 0.95
+
+
+def test_a_probability_map_is_not_taken_for_a_label_map(tmp_path, scan):
+    """Rounding it would threshold it at 0.5 without saying so."""
+    probability = np.random.default_rng(0).random(scan.shape).astype(np.float32)
+    write_nifti(scan.with_array(probability), tmp_path / "probability.nii.gz")
+    with pytest.raises(SegAnyPetError, match="probability map"):
+        read_mask(tmp_path / "probability.nii.gz", scan)

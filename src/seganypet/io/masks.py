@@ -50,12 +50,17 @@ def read_mask(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[int, 
 
 def read_label_map(path: str | Path, image: PetImage) -> np.ndarray:
     """A label map file (NIfTI/NRRD/MHA) on ``image``'s grid, as uint16: refused when its shape or affine differ, since
-    a label map flipped or shifted against its scan would be scored and measured on the wrong voxels."""
+    a label map flipped or shifted against its scan would be scored and measured on the wrong voxels, and when its
+    values are not label numbers (rounding a probability map would choose its threshold silently)."""
     labels_image = read_volume(path)
     if labels_image.shape != image.shape or not np.allclose(labels_image.affine_in("RAS"), image.affine_in("RAS"), atol=1e-3):
         raise SegAnyPetError(f"label grid {labels_image.shape} does not match the scan's {image.shape} (shape or affine "
                              "differ)", path)
-    return np.rint(labels_image.array).astype(np.uint16)
+    values = labels_image.array
+    if np.abs(values - np.rint(values)).max() > 1e-3 or values.min() < 0:
+        raise SegAnyPetError(f"values {values.min():g}..{values.max():g} are not label numbers 0, 1, 2, ... (a "
+                             "probability map? threshold it first)", path)
+    return np.rint(values).astype(np.uint16)
 
 
 def read_rtstruct(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[int, str]]:
