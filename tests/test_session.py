@@ -304,6 +304,12 @@ def test_bad_prompts_give_clear_errors():
     with pytest.raises(SegAnyPetError, match="outside the volume"):
         session.add_point((5, 5, 12))
     assert not session._current.points  # a refused prompt leaves no trace
+    for bad in ((float("nan"), 5, 5), (5, 5), ("a", 5, 5)):  # NaN passes every comparison with the volume's bounds
+        with pytest.raises(SegAnyPetError, match="numbers"):
+            session.add_point(bad)
+    with pytest.raises(SegAnyPetError, match="numbers"):
+        session.add_box((1, 1, 1), (float("inf"), 5, 5))
+    assert not session._current.points and session._current.box is None
     with pytest.raises(SegAnyPetError, match="target buffer shape"):
         session.set_image(PetImage(np.zeros((10, 10, 10), np.float32), np.eye(4), "RAS"), np.zeros((3, 3, 3), np.uint16))
 

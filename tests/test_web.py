@@ -222,6 +222,11 @@ def test_an_upload_that_is_not_a_pet_in_suv_is_refused_by_its_own_name(client, t
     assert refused.json()["detail"].startswith("ct.nii.gz: ") and "CT" in refused.json()["detail"]
 
 
+def test_a_phantom_seed_below_zero_is_a_clear_refusal(client):
+    refused = client.post("/api/sessions/phantom", params={"seed": -1})
+    assert refused.status_code == 422 and "seed" in refused.json()["detail"]
+
+
 def test_sessions_are_bounded_least_recently_used_goes_first(client):
     first, second, third = (client.post("/api/sessions/scan").json()["id"] for _ in range(3))
     client.get(f"/api/sessions/{first}")  # touched: now the second is the oldest

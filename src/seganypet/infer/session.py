@@ -182,7 +182,12 @@ class Session:
             raise SegAnyPetError("no image: call set_image first")
 
     def _to_ijk(self, xyz, coords: Coords, what: str = "point") -> np.ndarray:
-        ijk = np.asarray(xyz, float).reshape(3)
+        try:
+            ijk = np.asarray(xyz, float).reshape(3)
+        except (TypeError, ValueError):
+            raise SegAnyPetError(f"{what} {xyz!r} is not 3 numbers x,y,z") from None
+        if not np.isfinite(ijk).all():
+            raise SegAnyPetError(f"{what} {xyz!r} is not 3 finite numbers")
         if coords == "mm":
             ijk = self.image.world_to_voxel(ijk)[0]
         elif coords != "voxel":

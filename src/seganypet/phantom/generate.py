@@ -27,6 +27,7 @@ from datetime import datetime, timedelta
 import numpy as np
 from scipy import ndimage
 
+from seganypet.errors import SegAnyPetError
 from seganypet.io.dicom_write import AcquisitionInfo
 from seganypet.io.image import PetImage, PetMetadata
 from seganypet.phantom.shapes import Blob, Grid, Tube, paint
@@ -102,6 +103,8 @@ class PhantomCase:
 
 def generate_case(seed: int, config: PhantomConfig | None = None) -> PhantomCase:
     """One whole-body FDG study; the same seed and config give the same case bit for bit."""
+    if not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SegAnyPetError(f"a phantom seed is a whole number from 0, not {seed!r}")
     config = config or PhantomConfig()
     rng = np.random.default_rng(seed)
     s = rng.uniform(0.88, 1.12)  # body size
