@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from matplotlib.path import Path as Polygon
 from pydicom.errors import InvalidDicomError
 
 from seganypet.errors import SegAnyPetError
@@ -107,6 +106,8 @@ def _fill(plane: np.ndarray, vertices: np.ndarray) -> None:
     On counts as inside: writers that trace a mask's boundary voxels (rt-utils, OpenCV) put the contour through their
     centres, and the mask drawn must come back. matplotlib counts an edge point by the polygon's winding, so the
     polygon is first turned counter-clockwise and then widened by a thousandth of a voxel."""
+    from matplotlib.path import Path as Polygon  # RTSTRUCT only: training and evaluation read label maps without it
+
     x, y = vertices[:, 0], vertices[:, 1]
     if np.dot(x, np.roll(y, -1)) - np.dot(np.roll(x, -1), y) < 0:
         vertices = vertices[::-1]
