@@ -273,8 +273,10 @@ def test_a_frozen_encoder_fine_tune_trains_the_prompt_encoder_and_decoder_alone_
     for key in a["model"]:
         assert torch.allclose(a["model"][key], b["model"][key], atol=1e-6), key
     unfrozen = {k: v for k, v in common.items() if k != "freeze_encoder"}
-    with pytest.raises(SegAnyPetError, match="this run was started with --freeze-encoder; resume it the same way"):
+    with pytest.raises(SegAnyPetError, match="this run was started with freeze-encoder True: resume it with the same"):
         train(TrainConfig(str(data), str(tmp_path / "resumed"), **unfrozen), resume=True)
+    with pytest.raises(SegAnyPetError, match="started with size test"):  # a larger model would not load its weights
+        train(TrainConfig(str(data), str(tmp_path / "resumed"), **{**common, "size": "small"}), resume=True)
     with pytest.raises(SegAnyPetError, match="--freeze-encoder keeps the image encoder as --init gives it"):
         train(TrainConfig(str(data), str(tmp_path / "random"), size="test", steps=1, freeze_encoder=True))
 

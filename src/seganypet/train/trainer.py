@@ -197,9 +197,13 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         _initialise(model, cfg.init)
     if resume and last.is_file():
         state = read_checkpoint(last)
-        if json.loads(state.get("train_config", "{}")).get("freeze_encoder", False) != cfg.freeze_encoder:
-            raise SegAnyPetError("this run was started " + ("without" if cfg.freeze_encoder else "with")
-                                 + " --freeze-encoder; resume it the same way", last)
+        started = json.loads(state.get("train_config", "{}"))
+        # what shapes the model and its optimiser must match; the rest (steps, lr, ...) may change on resuming
+        changed = [name for name in ("size", "freeze_encoder") if started.get(name, getattr(cfg, name)) != getattr(cfg, name)]
+        if changed:
+            then = ", ".join(f"{name.replace('_', '-')} {started[name]}" for name in changed)
+            raise SegAnyPetError(f"this run was started with {then}: resume it with the same --size and "
+                                 "--freeze-encoder", last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
