@@ -177,6 +177,24 @@ def test_a_malformed_prompts_file_or_box_option_is_refused_in_one_line(tmp_path)
         assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error:")
 
 
+@pytest.mark.parametrize("verb", ["segment", "convert", "quantify"])
+def test_an_output_that_cannot_be_written_is_one_line(tmp_path, verb):
+    """An output folder under a file (as under a read-only mount or a full disk): the file system's refusal, named,
+    not a traceback from deep in a writer."""
+    image = two_spheres()
+    nib.save(nib.Nifti1Image(image.array, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "pet.nii.gz")
+    nib.save(nib.Nifti1Image((image.array == 8.0).astype(np.uint8), np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "m.nii.gz")
+    (tmp_path / "file").write_text("not a folder")
+    blocked = tmp_path / "file" / "out"
+    extra = {"segment": ["-o", str(blocked), "--point", ",".join(str(s // 2) for s in image.shape)],
+             "convert": ["-o", str(blocked / "suv.nii.gz")],
+             "quantify": ["-m", str(tmp_path / "m.nii.gz"), "-o", str(blocked / "q.json")]}[verb]
+    result = subprocess.run([sys.executable, "-m", "seganypet.cli", verb, "-i", str(tmp_path / "pet.nii.gz"), *extra],
+                            capture_output=True, text=True)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and str(tmp_path / "file") in result.stderr
+
+
 def test_out_of_volume_click_and_wrong_grid_mask_fail_cleanly(tmp_path):
     image = two_spheres()
     nib.save(nib.Nifti1Image(image.array, np.diag([2.0, 2.0, 2.0, 1.0])), tmp_path / "pet.nii.gz")

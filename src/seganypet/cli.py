@@ -314,6 +314,9 @@ def main(verb: list[str] | None = None) -> None:
     except SegAnyPetError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise SystemExit(1) from None
+    except OSError as exc:  # the file system refused what no reader or writer above turned into a sentence
+        typer.echo(f"error: {exc.filename}: {exc.strerror}" if exc.filename and exc.strerror else f"error: {exc}", err=True)
+        raise SystemExit(1) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         raise SystemExit(130) from None

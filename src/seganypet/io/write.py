@@ -11,6 +11,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from seganypet.errors import SegAnyPetError
 from seganypet.io.image import PetImage
 
 
@@ -22,9 +23,12 @@ def atomic_path(path: str | Path):
     previous version in place.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     suffix = "".join(path.suffixes) or ".tmp"
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name.split('.')[0]}-", suffix=suffix, dir=path.parent)
+    except OSError as exc:  # a folder that cannot be made or written to
+        raise SegAnyPetError(f"cannot write here ({exc.strerror or exc})", path) from None
     os.close(fd)
     try:
         yield Path(tmp)
@@ -32,6 +36,8 @@ def atomic_path(path: str | Path):
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; outputs should read like any other file
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk, a quota
+        raise SegAnyPetError(f"cannot write ({exc.strerror or exc})", path) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
