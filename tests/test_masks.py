@@ -81,6 +81,15 @@ def test_rtstruct_contours_fill_the_voxel_centres_inside_them_with_holes(tmp_pat
     assert np.array_equal(read_mask(tmp_path / "rs.dcm", on_nifti)[0], expected)
 
 
+def test_rtstruct_contours_drawn_on_the_ct_planes_fill_each_pet_slice_once(tmp_path, scan):
+    """Contours every 3 mm (the CT's planes) on a PET of 4 mm slices: two planes fall nearest one PET slice, and filling
+    both by the even-odd rule would cancel them; each slice takes its nearest plane only."""
+    write_rtstruct(tmp_path / "rs.dcm", scan, {"liver": [(k, square(3.5, 14.5)) for k in (1.0, 1.75, 2.5, 3.25, 4.0)]})
+    expected = np.zeros(scan.shape, np.int32)
+    expected[4:15, 4:15, 1:5] = 1
+    assert np.array_equal(read_rtstruct(tmp_path / "rs.dcm", scan)[0], expected)
+
+
 def test_quantify_reads_rtstruct_and_dicom_seg_masks_as_it_reads_label_maps(tmp_path, scan):
     labels = np.zeros(scan.shape, np.uint8)
     labels[4:15, 4:15, 1:4] = 1

@@ -65,10 +65,13 @@ def read_label_map(path: str | Path, image: PetImage) -> np.ndarray:
 def read_rtstruct(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[int, str]]:
     """An RTSTRUCT's closed planar contours filled on ``image``'s slices: (label map, label -> ROI name).
 
-    A voxel belongs to an ROI when its centre lies inside (or on) the ROI's contours on its slice, by the even-odd
-    rule, so a contour drawn inside another is a hole (as RTSTRUCT writers encode them). Contours are placed by their patient
-    coordinates, so the scan may come from any file format; they must lie in its slices (an axial scan, axial
-    contours). ROIs are labelled 1, 2, ... in the file's order; where two overlap, the later one keeps the voxel.
+    A voxel belongs to an ROI when its centre lies inside (or on) the ROI's contours, by the even-odd rule, so a contour
+    drawn inside another is a hole (as RTSTRUCT writers encode them). Contours are placed by their patient
+    coordinates, so the scan may come from any file format, and they must lie parallel to its slices (an axial scan,
+    axial contours). In a PET/CT they are often drawn on the CT, whose planes are not the PET's: each PET slice takes
+    the ROI's plane nearest it, within half the planes' spacing (half a slice at least), never the contours of two
+    planes at once, whose even-odd sum would cancel. ROIs are labelled 1, 2, ... in the file's order; where two
+    overlap, the later one keeps the voxel.
     """
     path = Path(path)
     ds = pydicom.dcmread(path)
@@ -77,18 +80,25 @@ def read_rtstruct(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[i
     labels = np.zeros(image.shape, np.int32)
     names: dict[int, str] = {}
     for roi in ds.get("ROIContourSequence", []):
-        inside = np.zeros(image.shape, bool)
+        planes: dict[float, list[np.ndarray]] = {}  # a plane's position in slices -> its contours (i, j)
         for contour in roi.get("ContourSequence", []):
             if contour.get("ContourGeometricType") != "CLOSED_PLANAR":
                 continue  # a point or an open line encloses no voxel
             points = np.asarray(contour.ContourData, float).reshape(-1, 3)
             ijk = points @ to_ijk[:3, :3].T + to_ijk[:3, 3]
             if np.ptp(ijk[:, 2]) > 0.5:
-                raise SegAnyPetError("a contour crosses the scan's slices: RTSTRUCT contours must lie in its slice "
-                                     "planes", path)
-            k = int(np.rint(ijk[:, 2].mean()))
-            if 0 <= k < image.shape[2]:
-                _fill(inside[:, :, k], ijk[:, :2])
+                raise SegAnyPetError("a contour crosses the scan's slices: RTSTRUCT contours must lie parallel to "
+                                     "its slices", path)
+            planes.setdefault(round(float(ijk[:, 2].mean()), 3), []).append(ijk[:, :2])
+        inside = np.zeros(image.shape, bool)
+        if planes:
+            at = np.array(sorted(planes))
+            reach = max(0.5, float(np.median(np.diff(at))) / 2 if len(at) > 1 else 0.5)
+            for k in range(image.shape[2]):
+                nearest = at[np.argmin(np.abs(at - k))]
+                if abs(nearest - k) <= reach + 1e-6:
+                    for vertices in planes[nearest]:
+                        _fill(inside[:, :, k], vertices)
         if not inside.any():
             continue
         value = len(names) + 1
