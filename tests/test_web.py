@@ -10,6 +10,8 @@ from __future__ import annotations
 import base64
 import gzip
 import io
+import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -280,3 +282,9 @@ def test_view_command_refuses_bad_input_in_one_line_before_serving(tmp_path):
                                 capture_output=True, text=True, timeout=120, check=False)
         assert result.returncode == 1 and "Traceback" not in result.stderr
         assert len(result.stderr.strip().splitlines()) == 1 and says in result.stderr, result.stderr
+
+
+def test_a_port_out_of_range_is_refused_before_anything_starts():
+    result = subprocess.run([sys.executable, "-m", "seganypet.cli", "view", "--port", "99999", "--no-browser"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and "Traceback" not in result.stderr and "--port must be 1-65535" in result.stderr
