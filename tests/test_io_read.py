@@ -168,6 +168,15 @@ def test_mixed_series_are_listed(tmp_path):
     assert read_pet(tmp_path, series_uid=series[0]).meta.series_instance_uid == series[0]
 
 
+def test_a_series_linked_into_the_folder_is_read_and_a_link_loop_ends(tmp_path):
+    """Data stores and cluster scratch link series into a study folder; a link back up the tree must not loop."""
+    write_series(tmp_path / "store" / "pet", np.full((4, 4, 3), 100.0))
+    (tmp_path / "study").mkdir()
+    (tmp_path / "study" / "pet").symlink_to(tmp_path / "store" / "pet", target_is_directory=True)
+    (tmp_path / "study" / "up").symlink_to(tmp_path / "study", target_is_directory=True)
+    assert read_pet(tmp_path / "study").shape == (4, 4, 3)
+
+
 def test_non_pet_modality(tmp_path):
     write_series(tmp_path, np.full((4, 4, 3), 100.0), Modality="CT")
     _raises(tmp_path, "not PT")

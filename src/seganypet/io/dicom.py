@@ -9,6 +9,7 @@ behind the user's back.
 from __future__ import annotations
 
 import logging
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -34,8 +35,23 @@ log = logging.getLogger(__name__)
 SPACING_TOLERANCE_MM = 0.01  # relative tolerance is added on top, see _check_grid
 
 
+def _files_below(folder: Path) -> list[Path]:
+    """Every file below ``folder``, through linked folders too (data stores link series in), each real folder once, so
+    that a link back up the tree ends the walk rather than looping."""
+    seen: set[str] = set()
+    files = []
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        real = os.path.realpath(root)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        files += [Path(root, name) for name in names if name != "DICOMDIR"]
+    return sorted(p for p in files if p.is_file())
+
+
 def _read_headers(folder: Path) -> list[tuple[Path, Dataset]]:
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "DICOMDIR")
+    files = _files_below(folder)
     headers = []
     for path in files:
         try:
