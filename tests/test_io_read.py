@@ -16,6 +16,7 @@ import SimpleITK as sitk
 from conftest import write_series
 from seganypet import SegAnyPetError
 from seganypet.io import PetImage, read_pet, write_nifti
+from seganypet.io.dicom_seg import read_dicom_seg, write_dicom_seg
 from seganypet.io.dicom_write import AcquisitionInfo, write_pet_dicom
 
 
@@ -175,6 +176,25 @@ def test_a_series_linked_into_the_folder_is_read_and_a_link_loop_ends(tmp_path):
     (tmp_path / "study" / "pet").symlink_to(tmp_path / "store" / "pet", target_is_directory=True)
     (tmp_path / "study" / "up").symlink_to(tmp_path / "study", target_is_directory=True)
     assert read_pet(tmp_path / "study").shape == (4, 4, 3)
+
+
+def test_dicom_without_preamble_and_file_meta_reads_as_with_them(tmp_path):
+    """Older scanners and archives write bare data sets (no 128-byte preamble, no DICM, no file meta), which dcm2niix
+    reads; a text file beside them is still not taken for one."""
+    paths = write_series(tmp_path / "plain", np.arange(48, dtype=float).reshape(4, 4, 3) * 100)
+    (tmp_path / "bare").mkdir()
+    for path in paths:
+        ds = pydicom.dcmread(path)
+        ds.preamble = None
+        del ds.file_meta
+        pydicom.dcmwrite(tmp_path / "bare" / path.name, ds, enforce_file_format=False, implicit_vr=True, little_endian=True)
+    assert (tmp_path / "bare" / paths[0].name).read_bytes()[:2] == b"\x08\x00"
+    (tmp_path / "bare" / "README.txt").write_text("exported by hand")
+    image = read_pet(tmp_path / "bare")
+    assert np.array_equal(image.array, read_pet(tmp_path / "plain").array)
+    labels = (image.array > image.array.mean()).astype(np.uint8)
+    write_dicom_seg(image, labels, {1: "lesion"}, tmp_path / "seg.dcm")  # the SEG reads the bare headers alike
+    assert np.array_equal(read_dicom_seg(tmp_path / "seg.dcm", image)[0], labels)
 
 
 def test_non_pet_modality(tmp_path):

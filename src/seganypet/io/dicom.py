@@ -17,6 +17,7 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 from pydicom.errors import InvalidDicomError
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from seganypet.errors import SegAnyPetError
 from seganypet.io.image import PetImage, PetMetadata
@@ -33,6 +34,24 @@ from seganypet.progress import track
 log = logging.getLogger(__name__)
 
 SPACING_TOLERANCE_MM = 0.01  # relative tolerance is added on top, see _check_grid
+
+
+def dcmread(path: Path, stop_before_pixels: bool = False) -> Dataset:
+    """A DICOM file, with or without the 128-byte preamble and file meta that older scanners and archives leave out
+    (dcm2niix reads those too). Only a file that starts as a bare data set does (group 0008, or 0002, first) is
+    forced, so that a README or a NIfTI beside a series is never parsed as one."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
+    except InvalidDicomError:
+        with open(path, "rb") as f:
+            if f.read(2) not in (b"\x08\x00", b"\x02\x00"):
+                raise
+        ds = pydicom.dcmread(path, stop_before_pixels=stop_before_pixels, force=True)
+    if "TransferSyntaxUID" not in ds.file_meta:  # bare data sets are uncompressed, in the encoding they were read in
+        implicit, little = ds.original_encoding
+        ds.file_meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                                          ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
+    return ds
 
 
 def _files_below(folder: Path) -> list[Path]:
@@ -55,7 +74,7 @@ def _read_headers(folder: Path) -> list[tuple[Path, Dataset]]:
     headers = []
     for path in files:
         try:
-            ds = pydicom.dcmread(path, stop_before_pixels=True)
+            ds = dcmread(path, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError):
             continue  # not DICOM: README, thumbnails, ... are common beside a series
         if "SeriesInstanceUID" in ds and "SOPClassUID" in ds:
@@ -144,7 +163,7 @@ def _reason(exc: Exception) -> str:
 def _rescaled_pixels(path: Path) -> np.ndarray:
     damaged = "truncated or corrupt file?"
     try:
-        ds = pydicom.dcmread(path)
+        ds = dcmread(path)
     except Exception as exc:  # pydicom raises many types for damaged files
         raise SegAnyPetError(f"cannot read pixel data ({_reason(exc)}); {damaged}", path) from None
     try:
@@ -170,7 +189,7 @@ def read_dicom_series(folder: str | Path, series_uid: str | None = None, weight_
     folder = Path(folder)
     if folder.is_file():
         try:
-            ds = pydicom.dcmread(folder, stop_before_pixels=True)
+            ds = dcmread(folder, stop_before_pixels=True)
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
             raise SegAnyPetError(f"not a readable DICOM file ({exc})", folder) from None
         items = [(folder, ds)]

@@ -18,6 +18,7 @@ from pydicom.sr.codedict import codes
 
 from seganypet import __version__
 from seganypet.errors import SegAnyPetError
+from seganypet.io.dicom import dcmread
 from seganypet.io.image import PetImage
 from seganypet.io.write import write_atomic
 
@@ -55,7 +56,7 @@ def write_dicom_seg(image: PetImage, labels: np.ndarray, names: Mapping[int, str
     files = image.meta.source_files
     if not files:
         raise SegAnyPetError("DICOM SEG needs a DICOM source series; this image came from a volume file", image.source)
-    sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]  # SEG copies headers, never pixels
+    sources = [dcmread(f, stop_before_pixels=True) for f in files]  # SEG copies headers, never pixels
     for source in sources:
         for keyword in TYPE2_PATIENT_STUDY:
             if keyword not in source:
