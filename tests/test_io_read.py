@@ -197,6 +197,16 @@ def test_dicom_without_preamble_and_file_meta_reads_as_with_them(tmp_path):
     assert np.array_equal(read_dicom_seg(tmp_path / "seg.dcm", image)[0], labels)
 
 
+def test_the_attenuation_corrected_series_is_read_from_beside_its_uncorrected_twin(tmp_path):
+    """Scanners export the non-attenuation-corrected series beside the corrected one; only the corrected has an SUV, so
+    it is the one read. A CorrectedImage of the single value ATTN counts as corrected (not as the letters A, T, T, N)."""
+    write_series(tmp_path / "ac", np.full((4, 4, 3), 100.0), CorrectedImage="ATTN")
+    write_series(tmp_path / "nac", np.full((4, 4, 3), 300.0), CorrectedImage=["DECY", "NORM"])
+    ac = {str(pydicom.dcmread(p).SeriesInstanceUID) for p in (tmp_path / "ac").rglob("*.dcm")}.pop()
+    assert read_pet(tmp_path).meta.series_instance_uid == ac
+    _raises(tmp_path / "nac", "lacks ATTN")
+
+
 def test_non_pet_modality(tmp_path):
     write_series(tmp_path, np.full((4, 4, 3), 100.0), Modality="CT")
     _raises(tmp_path, "not PT")

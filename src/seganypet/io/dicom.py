@@ -22,6 +22,7 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 from seganypet.errors import SegAnyPetError
 from seganypet.io.image import PetImage, PetMetadata
 from seganypet.io.suv import (
+    corrections,
     half_life_s,
     injected_dose_bq,
     injection_time,
@@ -108,6 +109,11 @@ def _pick_series(folder: Path, series_uid: str | None) -> list[tuple[Path, Datas
         pet = {u: s for u, s in series.items() if str(s[0][1].get("Modality", "")) == "PT"}
         if len(pet) == 1:  # a PET series beside its CT (or its RTSTRUCT): the PET is what was meant
             return next(iter(pet.values()))
+        corrected = {u: s for u, s in pet.items() if "ATTN" in corrections(s[0][1])}
+        if len(corrected) == 1:  # scanners export the uncorrected (NAC) series beside it, which has no SUV
+            uid, items = next(iter(corrected.items()))
+            log.info("%d PET series: reading the one corrected for attenuation, %s", len(pet), uid)
+            return items
         choices, kind = (pet, "PET series") if pet else (series, "series")  # the CTs and RTSTRUCTs beside are no choice
         listing = "; ".join(_describe(u, s) for u, s in choices.items())
         raise SegAnyPetError(f"folder holds {len(choices)} {kind}, pass one with --series UID: {listing}", folder)

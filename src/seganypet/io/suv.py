@@ -187,6 +187,13 @@ def _gml_to_suvbw(ds: Dataset) -> float:
     raise SegAnyPetError(f"Units GML with SUVType {suv_type!r} is not a kind seganypet can turn into SUVbw")
 
 
+def corrections(ds: Dataset) -> set[str]:
+    """CorrectedImage (0028,0051) as a set: pydicom gives one value as a string, which must not be read letter by
+    letter."""
+    value = ds.get("CorrectedImage") or []
+    return {str(v).strip().upper() for v in ([value] if isinstance(value, str) else value)}
+
+
 def suvbw_factor(
     ds: Dataset, scan_time: datetime, notes: list[str] | None = None
 ) -> float:
@@ -195,7 +202,7 @@ def suvbw_factor(
     scan_time: the series' decay reference from :func:`series_scan_time`.
     """
     units = str(ds.get("Units", "")).strip().upper()
-    corrected = [str(c).upper() for c in (ds.get("CorrectedImage") or [])]
+    corrected = corrections(ds)
     if corrected and "ATTN" not in corrected:
         raise SegAnyPetError("CorrectedImage lacks ATTN: a non-attenuation-corrected PET has no SUV")
 
