@@ -115,8 +115,8 @@ def main() -> None:
     jobs = [(Path(d), case) for d in args.dataset for case in list_cases(Path(d), args.split)[:args.cases]]
     for folder, case in track(jobs, "first clicks"):
         meta = read_dataset_json(folder)
-        names, ending = label_names(meta), meta.get("file_ending", ".nii.gz")
-        image, labels, instances, sites = read_case(folder, case, args.split, names, ending)
+        names = label_names(meta)
+        image, labels, instances, sites = read_case(folder, case, args.split, meta, names)
         session.set_image(image)
         for index, target in enumerate(case_targets(case, labels, instances, names, sites)):
             truth = (instances if target.kind == "instance" else labels) == target.value

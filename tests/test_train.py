@@ -298,7 +298,8 @@ def test_a_pet_ct_dataset_is_read_from_its_pet_channel_never_its_ct(tmp_path):
     for stated in ({"seganypet": {**meta["seganypet"], "pet_channel": 1}}, {"channel_names": {"0": "CT", "1": "PET"}}):
         (data / "dataset.json").write_text(json.dumps({**meta, **stated}))
         assert list_cases(data) == ["case0", "case1"]
-        image, labels, _, _ = read_case(data, "case0", "Tr", label_names(read_dataset_json(data)), ".nii.gz")
+        written = read_dataset_json(data)
+        image, labels, _, _ = read_case(data, "case0", "Tr", written, label_names(written))
         assert image.source.name == "case0_0001.nii.gz" and image.array[labels == 2].mean() > 7
         training = TrainingData(data, tmp_path / f"cache{len(stated)}")
         assert training.arrays("case1").suv.max() > 7

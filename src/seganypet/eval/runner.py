@@ -112,12 +112,13 @@ def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalCon
     return rows
 
 
-def read_case(folder: Path, case: str, split: str, names: dict[int, str],
-              ending: str) -> tuple[PetImage, np.ndarray, np.ndarray, dict[int, str]]:
+def read_case(folder: Path, case: str, split: str, meta: dict,
+              names: dict[int, str]) -> tuple[PetImage, np.ndarray, np.ndarray, dict[int, str]]:
     """A case's image, label map, lesion instances and lesion sites (by instance id; empty without an instance map).
 
     Without an instance map, a lesion is a component of the lesion label: the targets and their truth must agree."""
-    image = read_pet(image_file(folder, split, case, read_dataset_json(folder)))
+    ending = meta.get("file_ending", ".nii.gz")
+    image = read_pet(image_file(folder, split, case, meta))
     labels = read_label_map(folder / f"labels{split}" / f"{case}{ending}", image)
     inst_path = folder / f"instances{split}" / f"{case}{ending}"
     if not inst_path.is_file():
@@ -126,8 +127,8 @@ def read_case(folder: Path, case: str, split: str, names: dict[int, str],
     return image, labels, instances, lesion_sites(folder / "metadata" / f"{case}.json")
 
 
-def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig, names: dict[int, str], ending: str) -> list[dict]:
-    image, labels, instances, sites = read_case(folder, case, cfg.split, names, ending)
+def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig, meta: dict, names: dict[int, str]) -> list[dict]:
+    image, labels, instances, sites = read_case(folder, case, cfg.split, meta, names)
     if cfg.protocol == "autopet":
         from seganypet.eval.autopet import evaluate_autopet_case
 
@@ -157,7 +158,7 @@ def run_evaluation(cfg: EvalConfig) -> Path:
     """Evaluate and write the results; returns the summary (Markdown) path."""
     folder, out = Path(cfg.dataset), Path(cfg.out)
     meta = read_dataset_json(folder)
-    names, ending = label_names(meta), meta.get("file_ending", ".nii.gz")
+    names = label_names(meta)
     cases = list_cases(folder, cfg.split)
     segmenter = make_segmenter(cfg.method, cfg.checkpoint, cfg.device)
     done_dir = out / "cases" / segmenter.name
@@ -166,7 +167,7 @@ def run_evaluation(cfg: EvalConfig) -> Path:
         path = done_dir / f"{case}.json"
         if path.is_file():
             continue  # finished in an earlier run
-        rows = evaluate_case(segmenter, folder, case, cfg, names, ending)
+        rows = evaluate_case(segmenter, folder, case, cfg, meta, names)
         payload = json.dumps(rows)
         write_atomic(path, lambda tmp, text=payload: tmp.write_text(text))
     return write_results(out)
