@@ -31,11 +31,11 @@ class Prompts:
 
 def parse_numbers(text: str, count: int = 3, what: str = "point") -> tuple[float, ...]:
     """``"x,y,z"`` as typed on the command line (six numbers for a box)."""
-    return tuple(_numbers(text.replace(" ", "").split(","), count, what, shown=text))
+    return tuple(as_numbers(text.replace(" ", "").split(","), count, what, shown=text))
 
 
-def _numbers(value, count: int, what: str, shown=None) -> np.ndarray:
-    """``count`` finite numbers from a user's list (a JSON prompts file's, a split string), or a one-line error."""
+def as_numbers(value, count: int, what: str, shown=None) -> np.ndarray:
+    """``count`` finite numbers from a user's list (a prompts file's, the viewer's, a split string), or a one-line error."""
     try:
         numbers = np.asarray(value, float).ravel()
     except (TypeError, ValueError):
@@ -48,7 +48,7 @@ def _numbers(value, count: int, what: str, shown=None) -> np.ndarray:
 
 def to_voxel(image: PetImage, xyz, coords: Coords = "voxel", what: str = "point") -> tuple[int, int, int]:
     """One point to integer voxel indices, refusing points outside the volume."""
-    xyz = _numbers(xyz, 3, what)
+    xyz = as_numbers(xyz, 3, what)
     ijk = image.world_to_voxel(xyz)[0] if coords == "mm" else xyz
     voxel = np.rint(ijk).astype(int)
     if np.any(voxel < 0) or np.any(voxel >= image.shape):
@@ -65,7 +65,7 @@ def make_prompts(image: PetImage, positive=(), negative=(), box=None, coords: Co
         negative=[to_voxel(image, p, coords, "negative point") for p in negative],
     )
     if box is not None:
-        corners = _numbers(box, 6, "box").reshape(2, 3)
+        corners = as_numbers(box, 6, "box").reshape(2, 3)
         a, b = (np.asarray(to_voxel(image, c, coords, "box corner")) for c in corners)
         prompts.box = (tuple(int(v) for v in np.minimum(a, b)), tuple(int(v) for v in np.maximum(a, b)))
     if not prompts:

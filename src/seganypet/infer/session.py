@@ -24,7 +24,7 @@ from seganypet.errors import SegAnyPetError
 from seganypet.infer.crop import CropGeometry, Region
 from seganypet.io.image import PetImage
 from seganypet.modeling import ImageEmbedding, SegAnyPet, load_model, normalise_suv
-from seganypet.prompts import Coords, Prompts
+from seganypet.prompts import Coords, Prompts, as_numbers
 
 log = logging.getLogger(__name__)
 
@@ -182,12 +182,7 @@ class Session:
             raise SegAnyPetError("no image: call set_image first")
 
     def _to_ijk(self, xyz, coords: Coords, what: str = "point") -> np.ndarray:
-        try:
-            ijk = np.asarray(xyz, float).reshape(3)
-        except (TypeError, ValueError):
-            raise SegAnyPetError(f"{what} {xyz!r} is not 3 numbers x,y,z") from None
-        if not np.isfinite(ijk).all():
-            raise SegAnyPetError(f"{what} {xyz!r} is not 3 finite numbers")
+        ijk = as_numbers(xyz, 3, what)
         if coords == "mm":
             ijk = self.image.world_to_voxel(ijk)[0]
         elif coords != "voxel":

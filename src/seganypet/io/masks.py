@@ -15,6 +15,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from seganypet.errors import SegAnyPetError
+from seganypet.io.dicom import dcmread
 from seganypet.io.image import PetImage
 from seganypet.io.volume import is_volume_file, read_volume
 
@@ -30,7 +31,7 @@ def read_mask(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[int, 
         labels, names = read_label_map(path, image).astype(np.int32), {}
     else:
         try:
-            modality = str(pydicom.dcmread(path, stop_before_pixels=True).get("Modality", ""))
+            modality = str(dcmread(path, stop_before_pixels=True).get("Modality", ""))
         except (InvalidDicomError, EOFError, OSError, ValueError, TypeError) as exc:
             raise SegAnyPetError(f"neither a label map (NIfTI/NRRD/MHA) nor a readable DICOM file ({exc})", path) from None
         if modality == "SEG":
