@@ -183,6 +183,24 @@ def test_two_processes_with_gloo_end_with_identical_parameters(tmp_path):
         assert torch.equal(r0[key], r1[key]), key
 
 
+def test_an_error_in_a_step_ends_a_run_with_loader_workers_instead_of_hanging(tmp_path):
+    """The loader's workers ignore SIGTERM (the training process stops them), so a run that failed and left them to
+    the interpreter's exit waited for them forever."""
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
+    script = tmp_path / "fail.py"
+    script.write_text(
+        "import sys\n"
+        "from seganypet.train import LoopConfig, TrainConfig, trainer\n"
+        "def fail(*args, **kwargs):\n"
+        "    raise RuntimeError('a failing step')\n"
+        "trainer.InteractiveLoss.forward = fail\n"
+        "trainer.train(TrainConfig(sys.argv[1], sys.argv[2], size='test', steps=50, batch=1, bf16='off', workers=1,\n"
+        "                          loop=LoopConfig(rounds=1)))\n")
+    done = subprocess.run([sys.executable, str(script), str(data), str(tmp_path / "run")], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode != 0 and "a failing step" in done.stderr
+
+
 def test_left_out_classes_and_lesion_sites_are_not_trained_on_even_from_noisy_labels(tmp_path):
     """The unseen-target experiment: ``exclude`` drops an organ class and a lesion site. A noisy case's
     lesions are its label's components; they keep the site of the clean lesion they overlap."""

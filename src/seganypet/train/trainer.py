@@ -252,6 +252,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
                     break
         except KeyboardInterrupt:
             stop["now"] = True
+        finally:
+            # shuts the loader's workers down now: they ignore SIGTERM, so left to the interpreter's exit after an
+            # error they would be waited for forever
+            batches.close()
     checkpoint(last)
     if rank == 0 and previous is not None:
         signal.signal(signal.SIGTERM, previous)
