@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -34,6 +36,33 @@ def test_output_shapes_for_every_size(size):
         low, iou = model.decode(emb, boxes=box, mask_input=low)
         assert low.shape == (2, 1, 4 * grid, 4 * grid, 4 * grid) and iou.shape == (2, 1)
         assert model.upsample(low).shape == (2, 1, s, s, s)
+
+
+def test_ambiguity_masks_added_to_a_trained_model_leave_its_single_mask_as_it_was(tmp_path):
+    """The ambiguity masks decode in a pass of their own, so a checkpoint fine-tuned to add them answers every prompt
+    that uses the single mask bit for bit as before; seeded from the single mask, they start alike."""
+    torch.manual_seed(0)
+    plain = build_model("test").eval()
+    multi = build_model(dataclasses.replace(PRESETS["test"], multimask=3)).eval()
+    missing, unexpected = multi.load_state_dict(plain.state_dict(), strict=False)
+    assert missing and all(k.startswith("mask_decoder.multimask") for k in missing) and not unexpected
+    multi.mask_decoder.seed_multimask(torch.Generator().manual_seed(0))
+    save_checkpoint(multi, tmp_path / "multi.pt")
+    loaded = load_model(tmp_path / "multi.pt", precision="fp32")
+    assert loaded.config.multimask == 3
+    s = plain.crop_size
+    points, labels = torch.tensor([[[s / 2, s / 3, s / 4]]]), torch.ones(1, 1, dtype=torch.long)
+    with torch.inference_mode():
+        crop = torch.rand(1, 1, s, s, s)
+        single, single_iou = plain.decode(plain.embed(crop), points, labels)
+        again, again_iou = loaded.decode(loaded.embed(crop), points, labels)
+        masks, ious = loaded.decode(loaded.embed(crop), points, labels, multimask=True)
+        with pytest.raises(ValueError, match="no ambiguity masks"):
+            plain.decode(plain.embed(crop), points, labels, multimask=True)
+    assert torch.equal(single, again) and torch.equal(single_iou, again_iou)
+    assert masks.shape == (1, 3, *single.shape[2:]) and ious.shape == (1, 3)
+    assert torch.allclose(ious, ious[:, :1].expand_as(ious))  # one IoU head copied three times
+    assert not torch.equal(masks[:, 1], masks[:, 2])  # their tokens nudged apart
 
 
 def test_small_size_is_in_the_cpu_budget_of_parameters():

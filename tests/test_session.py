@@ -279,6 +279,42 @@ def test_a_click_keeps_only_the_object_it_is_on_and_a_click_on_another_adds_it()
     assert dice(session.mask, b) > 0.9 and not (session.mask & a).any()
 
 
+class TwoAnswersModel(HotVoxelModel):
+    """With two ambiguity masks for a lone click: the hot voxels (a lesion) or every voxel warmer than background
+    (the organ it sits in), with IoU estimates ``scores``; the single mask is the hot voxels."""
+
+    def __init__(self, scores):
+        super().__init__()
+        self.config = dataclasses.replace(self.config, multimask=2)
+        self.scores, self.asked = scores, []
+
+    def decode(self, embedding, points=None, labels=None, boxes=None, mask_input=None, multimask=False):
+        self.asked.append(multimask)
+        hot, _ = super().decode(embedding, points, labels, boxes, mask_input)
+        if not multimask:
+            return hot, torch.full((1, 1), 0.5)
+        warm = embedding.features - float(normalise_suv(np.float32(1.0)))
+        return torch.cat([hot, warm], 1), torch.tensor([self.scores])
+
+
+def test_a_lone_click_is_answered_with_the_ambiguity_mask_the_iou_head_scores_highest():
+    image = PetImage(np.full((80, 80, 60), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    organ = add_sphere(image, image.voxel_to_world([[40.0, 40.0, 30.0]])[0], 40.0)
+    image.array[organ] = 1.5
+    lesion = add_sphere(image, image.voxel_to_world([[40.0, 40.0, 30.0]])[0], 20.0)
+    for scores, expected in (((0.9, 0.2), lesion), ((0.2, 0.9), organ)):
+        model = TwoAnswersModel(scores)
+        session = Session(model)
+        session.set_image(image)
+        assert session.add_point((40, 40, 30)).score == pytest.approx(0.9)
+        assert dice(session.mask, expected) > 0.9 and model.asked == [True]
+        session.add_point((41, 40, 30))  # a second click is not ambiguous: the single mask answers it
+        assert model.asked[-1] is False and dice(session.mask, lesion) > 0.9
+        session.new_target()
+        session.add_box((36, 36, 26), (44, 44, 34))  # nor is a box
+        assert model.asked[-1] is False
+
+
 def test_targets_keep_their_own_labels():
     image = PetImage(np.full((80, 80, 60), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
     a = add_sphere(image, image.voxel_to_world([[20.0, 20.0, 30.0]])[0], 20.0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -21,7 +22,7 @@ from seganypet.errors import SegAnyPetError
 from seganypet.eval.runner import read_case
 from seganypet.infer import Session
 from seganypet.io import read_pet
-from seganypet.modeling import build_model, load_model, normalise_suv, read_checkpoint
+from seganypet.modeling import PRESETS, build_model, load_model, normalise_suv, read_checkpoint
 from seganypet.train import InteractiveLoss, LoopConfig, TrainConfig, mixed_loss, ramp_up, rectify, train
 from seganypet.train.data import (
     TargetRef,
@@ -297,6 +298,37 @@ def test_a_frozen_encoder_fine_tune_trains_the_prompt_encoder_and_decoder_alone_
         train(TrainConfig(str(data), str(tmp_path / "resumed"), **{**common, "size": "small"}), resume=True)
     with pytest.raises(SegAnyPetError, match="--freeze-encoder keeps the image encoder as --init gives it"):
         train(TrainConfig(str(data), str(tmp_path / "random"), size="test", steps=1, freeze_encoder=True))
+
+
+def test_a_lone_click_trains_only_the_best_ambiguity_mask():
+    """SAM's rule: of the masks answering a lone click only the best one's loss counts (the others stay free to
+    be other answers), and the IoU head learns every mask's IoU. The hypernetworks shape only their own mask, so
+    exactly one of them gets a gradient."""
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(PRESETS["test"], multimask=3))
+    model.mask_decoder.seed_multimask(torch.Generator().manual_seed(0))
+    crops, targets, _ = fixed_batch(model)
+    loss, _ = InteractiveLoss(model, LoopConfig(rounds=1, box_probability=0.0))(crops[:1], targets[:1], torch.tensor([False]), seed=3, cpcl_weight=0.0)
+    loss.backward()
+    grads = [sum(float(p.grad.abs().sum()) for p in net.parameters() if p.grad is not None)
+             for net in model.mask_decoder.multimask_hypernetworks]
+    assert sum(g > 0 for g in grads) == 1, grads
+    assert model.mask_decoder.multimask_iou_head.layers[-1].weight.grad.abs().sum() > 0
+
+
+def test_ambiguity_masks_trained_alone_leave_every_other_weight_as_init_gives_it(tmp_path):
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny", noisy=("case1",))
+    loop = LoopConfig(rounds=1, cpcl_k=2)
+    start = train(TrainConfig(str(data), str(tmp_path / "start"), size="test", steps=2, batch=2, bf16="off", loop=loop)).checkpoint
+    run = train(TrainConfig(str(data), str(tmp_path / "multi"), size="test", steps=3, batch=2, bf16="off", init=str(start),
+                            multimask=2, multimask_only=True, lr=1e-3, warmup=1, loop=loop))
+    initial, after = read_checkpoint(start)["model"], read_checkpoint(tmp_path / "multi" / "last.pt")["model"]
+    assert all(torch.equal(after[k], initial[k].float()) for k in initial)
+    seeded_from = "mask_decoder.hypernetwork.layers.0.weight"
+    assert not torch.equal(after["mask_decoder.multimask_hypernetworks.0.layers.0.weight"], initial[seeded_from].float())
+    assert load_model(run.checkpoint).config.multimask == 2
+    with pytest.raises(SegAnyPetError, match="--multimask-only trains the ambiguity masks on a trained model"):
+        train(TrainConfig(str(data), str(tmp_path / "random"), size="test", steps=1, multimask=2, multimask_only=True))
 
 
 def test_a_pet_ct_dataset_is_read_from_its_pet_channel_never_its_ct(tmp_path):

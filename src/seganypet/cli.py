@@ -389,6 +389,8 @@ def train(
     suv_scale: Annotated[float, typer.Option("--suv-scale", help="Multiply each crop's SUV by a factor from 1/F to F (log-uniform).")] = 1.25,
     centre_clicks: Annotated[float, typer.Option("--centre-clicks", help="Share of first clicks at the target's centre (the rest: a random voxel of it).")] = 0.0,
     freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="Train the prompt encoder and mask decoder only; the image encoder keeps its --init weights.")] = False,
+    multimask: Annotated[int, typer.Option("--multimask", help="Ambiguity masks (SAM's) answering a lone click, beside the single mask; 0: none.")] = 0,
+    multimask_only: Annotated[bool, typer.Option("--multimask-only", help="Train the ambiguity masks alone; every other weight keeps its --init value.")] = False,
 ) -> None:
     """Train the promptable model with simulated clicks (and CPCL); run under torchrun for several processes."""
     from seganypet.train import LoopConfig, TrainConfig
@@ -399,7 +401,7 @@ def train(
                          warmup=warmup, workers=workers, lesion_fraction=lesion_fraction,
                          organ_weights=tuple(_name_weight(item) for item in organ_weight), suv_scale=suv_scale,
                          centre_clicks=centre_clicks, freeze_encoder=freeze_encoder,
-                         loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
+                         multimask=multimask, multimask_only=multimask_only, loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
     run(config, resume=resume)
 
 

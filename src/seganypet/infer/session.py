@@ -308,9 +308,15 @@ class Session:
         box = None if target.box is None else crop.to_crop(np.stack(target.box))
         if box is not None and np.all(box[0] <= edge[1]) and np.all(box[1] >= edge[0]):
             kwargs["boxes"] = torch.tensor(np.clip(box, *edge), dtype=torch.float32, device=self.device)[None]
+        # a lone click is ambiguous (a lesion or the organ it sits in): a model with SAM's ambiguity masks answers it
+        # with them, and its IoU head picks one; every later prompt, or a mask prompt, has the single mask
+        if self.model.config.multimask and mask_input is None and target.box is None and len(target.points) == 1 \
+                and target.points[0][1] and points:
+            kwargs["multimask"] = True
         with torch.inference_mode():
             logits, iou = self.model.decode(self._embedding(crop), mask_input=mask_input, **kwargs)
-        return self._keep_prompted(target, crop, logits), float(iou[0, 0])
+        best = int(iou[0].argmax())
+        return self._keep_prompted(target, crop, logits[:, best:best + 1]), float(iou[0, best])
 
     def _keep_prompted(self, target: Target, crop: CropGeometry, logits: torch.Tensor) -> torch.Tensor:
         """Only the connected parts of a prediction that hold a positive click or meet the box.

@@ -41,6 +41,8 @@ class ModelConfig:
     # the finest crop, as a fraction of spacing_mm, the model was trained at: the session segments a target
     # there while it fits. 1.0 in checkpoints from before zoomed-in training, which never saw a finer crop.
     min_zoom: float = 1.0
+    # SAM's ambiguity masks for a lone click, beside the single mask (0: none; checkpoints from before them)
+    multimask: int = 0
 
     @property
     def field_of_view_mm(self) -> float:
@@ -67,7 +69,8 @@ def _build(config: ModelConfig) -> SegAnyPet:
         image_encoder=ImageEncoderViT3D(config.crop_size, config.patch_size, config.encoder_width, config.encoder_depth,
                                         config.encoder_heads, config.embed_dim),
         prompt_encoder=PromptEncoder3D(config.embed_dim, grid, config.crop_size),
-        mask_decoder=MaskDecoder3D(config.embed_dim, config.decoder_depth, config.decoder_heads, config.decoder_mlp),
+        mask_decoder=MaskDecoder3D(config.embed_dim, config.decoder_depth, config.decoder_heads, config.decoder_mlp,
+                                   config.multimask),
         crop_size=config.crop_size,
     )
 

@@ -3,8 +3,11 @@
 SAM's design in 3D (two-way transformer, a mask token, an IoU head, 4x transposed-conv
 upsampling and a hypernetwork dot product), with one mask output, as SAM-Med3D: SAM's three
 ambiguity masks need an IoU head good enough to pick among them on the first click, and a
-briefly trained head is not (measured: after 1.2k steps it predicted the same three IoUs for
-every input and always picked an empty mask). Plus one PET-specific input: the crop's own
+briefly trained head is not (measured: after 1.2k steps from scratch it predicted the same three
+IoUs for every input and always picked an empty mask). So the ambiguity masks are optional
+(``multimask``) and separate: their own tokens, hypernetworks and IoU head, decoded in a pass of
+their own, so a model fine-tuned to add them answers every other prompt exactly as before.
+Plus one PET-specific input: the crop's own
 intensities at the low-res mask grid (``detail``) are added to the upsampled features. The
 token grid is 24 mm per token in the small model; PET lesion edges are intensity edges, so
 handing the decoder the image at 4x the token resolution is a cheap way to sharpen them
@@ -21,7 +24,7 @@ from seganypet.modeling.transformer import TwoWayTransformer
 
 
 class MaskDecoder3D(nn.Module):
-    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int) -> None:
+    def __init__(self, dim: int, depth: int, heads: int, mlp_dim: int, multimask: int = 0) -> None:
         super().__init__()
         self.transformer = TwoWayTransformer(depth, dim, heads, mlp_dim)
         self.iou_token = nn.Embedding(1, dim)
@@ -35,6 +38,26 @@ class MaskDecoder3D(nn.Module):
         self.detail_embed = nn.Sequential(nn.Conv3d(1, dim // 8, 3, padding=1), nn.GELU(), nn.Conv3d(dim // 8, dim // 8, 3, padding=1))
         self.hypernetwork = MLP(dim, dim, dim // 8, 3)
         self.iou_head = MLP(dim, 256, 1, 3)
+        self.multimask = multimask
+        if multimask:
+            self.multimask_tokens = nn.Embedding(multimask, dim)
+            self.multimask_hypernetworks = nn.ModuleList(MLP(dim, dim, dim // 8, 3) for _ in range(multimask))
+            self.multimask_iou_head = MLP(dim, 256, multimask, 3)
+
+    @torch.no_grad()
+    def seed_multimask(self, generator: torch.Generator | None = None) -> None:
+        """Start every ambiguity mask as a copy of the trained single mask, its token nudged apart: trained
+        from there, each begins as a good answer and the min-over-masks loss pulls them to different ones."""
+        for i, hypernetwork in enumerate(self.multimask_hypernetworks):
+            hypernetwork.load_state_dict(self.hypernetwork.state_dict())
+            token = self.mask_token.weight[0]
+            noise = torch.randn(token.shape, generator=generator, device=token.device) * token.std() * 0.1 * (i > 0)
+            self.multimask_tokens.weight[i] = token + noise
+        head, single = self.multimask_iou_head.layers, self.iou_head.layers
+        for layer, source in zip(head[:-1], single[:-1]):
+            layer.load_state_dict(source.state_dict())
+        head[-1].weight.copy_(single[-1].weight.expand_as(head[-1].weight))
+        head[-1].bias.copy_(single[-1].bias.expand_as(head[-1].bias))
 
     def embed_detail(self, detail: torch.Tensor) -> torch.Tensor:
         """(B, 1, 4g, 4g, 4g) crop intensities -> (B, C/8, 4g, 4g, 4g); image-only, so computed once per crop."""
@@ -47,19 +70,24 @@ class MaskDecoder3D(nn.Module):
         detail_features: torch.Tensor,
         sparse: torch.Tensor,
         dense: torch.Tensor,
+        multimask: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """image_embedding (B, C, g, g, g), detail_features (B, C/8, 4g, 4g, 4g) from `embed_detail` ->
-        low-res logits (B, 1, 4g, 4g, 4g) and predicted IoU (B, 1)."""
-        b = sparse.shape[0]
-        output_tokens = torch.cat([self.iou_token.weight, self.mask_token.weight]).unsqueeze(0).expand(b, -1, -1)
+        low-res logits (B, M, 4g, 4g, 4g) and predicted IoU (B, M): M = 1, or the ambiguity masks with ``multimask``."""
+        if multimask and not self.multimask:
+            raise ValueError("this decoder has no ambiguity masks")
+        mask_tokens = self.multimask_tokens.weight if multimask else self.mask_token.weight
+        hypernetworks = self.multimask_hypernetworks if multimask else [self.hypernetwork]
+        b, m = sparse.shape[0], len(hypernetworks)
+        output_tokens = torch.cat([self.iou_token.weight, mask_tokens]).unsqueeze(0).expand(b, -1, -1)
         tokens = torch.cat([output_tokens, sparse], 1)
         src = image_embedding.expand(b, -1, -1, -1, -1) + dense
         pe = image_pe.expand(b, -1, -1, -1, -1)
         hs, src = self.transformer(src, pe, tokens)
-        iou_out, mask_out = hs[:, 0], hs[:, 1]
+        iou_out, mask_out = hs[:, 0], hs[:, 1:1 + m]
         g = image_embedding.shape[-1]
         src = src.transpose(1, 2).reshape(b, -1, g, g, g)
         upscaled = torch.nn.functional.gelu(self.output_upscaling(src) + detail_features)
-        hyper = self.hypernetwork(mask_out)[:, None]
-        masks = (hyper @ upscaled.flatten(2)).view(b, 1, *upscaled.shape[2:])
-        return masks, self.iou_head(iou_out)
+        hyper = torch.stack([net(mask_out[:, i]) for i, net in enumerate(hypernetworks)], 1)
+        masks = (hyper @ upscaled.flatten(2)).view(b, m, *upscaled.shape[2:])
+        return masks, (self.multimask_iou_head if multimask else self.iou_head)(iou_out)

@@ -64,13 +64,16 @@ class SegAnyPet(nn.Module):
         labels: torch.Tensor | None = None,
         boxes: torch.Tensor | None = None,
         mask_input: torch.Tensor | None = None,
+        multimask: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Prompts in crop voxel coordinates (i, j, k; float): points (B, N, 3) with labels (B, N) (1 positive,
         0 negative, -1 padding), boxes (B, 2, 3) as (lo, hi) corners, mask_input (B, 1, L, L, L) low-res logits
-        of the previous prediction. Returns low-res logits (B, 1, L, L, L) and predicted IoU (B, 1)."""
+        of the previous prediction. Returns low-res logits (B, M, L, L, L) and predicted IoU (B, M): one mask, or
+        with ``multimask`` the decoder's ambiguity masks (SAM's answers to a lone click)."""
         batch = next(t.shape[0] for t in (points, boxes, mask_input, embedding.features) if t is not None)
         sparse, dense = self.prompt_encoder(points, labels, boxes, mask_input, batch)
-        return self.mask_decoder(embedding.features, self.prompt_encoder.get_dense_pe(), embedding.detail, sparse, dense)
+        return self.mask_decoder(embedding.features, self.prompt_encoder.get_dense_pe(), embedding.detail, sparse, dense,
+                                 multimask=multimask)
 
     def upsample(self, low_res: torch.Tensor) -> torch.Tensor:
         """Low-res logits (B, M, L, L, L) -> crop-size logits (B, M, S, S, S), trilinear as SAM-Med3D."""

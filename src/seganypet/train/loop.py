@@ -7,7 +7,9 @@ binarised, as the session does after moving its crop). Every round's masks are s
 Dice + BCE and the IoU head against the masks' true IoU, at the decoder's low-res grid against the
 area-averaged (soft) target: the inference upsampling is a fixed trilinear map, scoring before it
 skips the backward pass through 8x more voxels, and the soft target keeps the partial volumes. Noisy samples take
-the CPCL mix of the given and the rectified label.
+the CPCL mix of the given and the rectified label. A model with ambiguity masks also answers round 0's lone click
+with them, scored as SAM scores them: only the best mask's loss counts, and the IoU head learns every mask's IoU,
+so that it can pick among them at inference.
 """
 
 from __future__ import annotations
@@ -69,6 +71,15 @@ class InteractiveLoss(nn.Module):
                 coords[b, i] = torch.tensor(voxel, dtype=torch.float32)
                 labels[b, i] = int(positive)
         return coords.to(device), labels.to(device)
+
+    @staticmethod
+    def _mask_loss(logits, iou, soft, rectified, noisy, cpcl_weight) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-mask loss (B, M) against the target (CPCL's mix for noisy samples), and the IoU head's loss."""
+        mask_loss = segmentation_loss(logits, soft.expand_as(logits))
+        if rectified is not None:
+            rect_loss = segmentation_loss(logits, rectified.expand_as(logits))
+            mask_loss = torch.where(noisy[:, None], mixed_loss(mask_loss, rect_loss, cpcl_weight), mask_loss)
+        return mask_loss, F.mse_loss(iou.float(), true_iou(logits.detach(), soft))
 
     @torch.no_grad()
     def cross_prompt(self, embedding: ImageEmbedding, label_np: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
@@ -134,12 +145,12 @@ class InteractiveLoss(nn.Module):
                 kwargs["points"], kwargs["labels"] = self._prompts([p or [((0, 0, 0), -1)] for p in points], crops.device)
             low, iou = model.decode(embedding, mask_input=mask_input, **kwargs)
             logits = low.float()
-            mask_loss = segmentation_loss(logits, soft)[:, 0]
-            if rectified is not None:
-                rect_loss = segmentation_loss(logits, rectified)[:, 0]
-                mask_loss = torch.where(noisy, mixed_loss(mask_loss, rect_loss, cpcl_weight), mask_loss)
-            iou_loss = F.mse_loss(iou.float(), true_iou(logits.detach(), soft))
+            mask_loss, iou_loss = self._mask_loss(logits, iou, soft, rectified, noisy, cpcl_weight)
             total = total + mask_loss.mean() + iou_loss
+            if r == 0 and boxes is None and model.mask_decoder.multimask:
+                low_m, iou_m = model.decode(embedding, multimask=True, **kwargs)
+                losses, iou_loss = self._mask_loss(low_m.float(), iou_m, soft, rectified, noisy, cpcl_weight)
+                total = total + losses.min(1).values.mean() + iou_loss
             mask_input = logits.detach()
             if r == cfg.rounds - 1:
                 final = model.upsample(mask_input)

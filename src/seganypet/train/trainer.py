@@ -54,6 +54,8 @@ class TrainConfig:
     cpcl_weight: float = 1.0
     init: str | None = None  # start from these weights (fine-tuning, e.g. the shipped checkpoint)
     freeze_encoder: bool = False  # train the prompt encoder and mask decoder only (a cheaper fine-tune of --init)
+    multimask: int = 0  # SAM's ambiguity masks for a lone click (0: the single mask only)
+    multimask_only: bool = False  # train the ambiguity masks alone: every other weight keeps --init
     workers: int = 0  # processes that cache cases and prepare batches; 0: the training process does it
     loop: LoopConfig = field(default_factory=LoopConfig)
 
@@ -113,15 +115,18 @@ def _schedule(cfg: TrainConfig):
     return factor
 
 
-def _initialise(model: torch.nn.Module, path: str) -> None:
+def _initialise(model: torch.nn.Module, path: str, seed: int) -> None:
     """Copy every weight of ``path`` whose name and shape match (a checkpoint of the same size, or an
-    older layout of it); the rest keep their fresh initialisation, and the log names them."""
+    older layout of it); the rest keep their fresh initialisation, and the log names them. Ambiguity masks
+    the checkpoint lacks start as copies of its single mask."""
     weights, own = read_checkpoint(path)["model"], model.state_dict()
     matched = {k: v.to(own[k].dtype) for k, v in weights.items() if k in own and own[k].shape == v.shape}
     if not matched:
         raise SegAnyPetError("no weight of this checkpoint fits the model being trained", path)
     model.load_state_dict(matched, strict=False)
     fresh = sorted(set(own) - set(matched))
+    if any(name.startswith("mask_decoder.multimask") for name in fresh):
+        model.mask_decoder.seed_multimask(torch.Generator().manual_seed(seed))
     log.info("initialised %d of %d tensors from %s%s", len(matched), len(own), path,
              f"; fresh: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}" if fresh else "")
 
@@ -149,6 +154,8 @@ def _check_options(cfg: TrainConfig) -> None:
         raise SegAnyPetError(f"unknown model size {cfg.size!r}; choose one of {', '.join(PRESETS)}")
     if cfg.freeze_encoder and not cfg.init:
         raise SegAnyPetError("--freeze-encoder keeps the image encoder as --init gives it: name the checkpoint to start from")
+    if cfg.multimask_only and not (cfg.init and cfg.multimask):
+        raise SegAnyPetError("--multimask-only trains the ambiguity masks on a trained model: give --multimask N and --init")
     wrong = [f"--{name} {value:g} ({rule})" for name, value, ok, rule in (
         ("steps", cfg.steps, cfg.steps >= 1, "at least 1"),
         ("batch", cfg.batch, cfg.batch >= 1, "at least 1"),
@@ -162,6 +169,7 @@ def _check_options(cfg: TrainConfig) -> None:
         ("cpcl-rampup", cfg.cpcl_rampup, cfg.cpcl_rampup >= 0, "not negative"),
         ("cpcl-weight", cfg.cpcl_weight, cfg.cpcl_weight >= 0, "not negative"),
         ("workers", cfg.workers, cfg.workers >= 0, "not negative"),
+        ("multimask", cfg.multimask, cfg.multimask >= 0, "not negative"),
         ("rounds", cfg.loop.rounds, cfg.loop.rounds >= 1, "at least 1"),
         ("cpcl-k", cfg.loop.cpcl_k, cfg.loop.cpcl_k >= 2, "at least 2: one prompt set has no spread")) if not ok]
     if cfg.bf16 not in ("auto", "on", "off"):
@@ -185,25 +193,30 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         data = data or TrainingData(cfg.dataset, out / "cache", cfg.exclude)
 
     torch.manual_seed(cfg.seed)
-    model = build_model(cfg.size).to(device)
-    step_module = InteractiveLoss(model, cfg.loop).to(device)
+    model = build_model(dataclasses.replace(PRESETS[cfg.size], multimask=cfg.multimask)).to(device)
+    # a box is not ambiguous: ambiguity masks trained alone learn from lone clicks only
+    loop = dataclasses.replace(cfg.loop, box_probability=0.0) if cfg.multimask_only else cfg.loop
+    step_module = InteractiveLoss(model, loop).to(device)
     model.image_encoder.requires_grad_(not cfg.freeze_encoder)
+    if cfg.multimask_only:
+        for name, parameter in model.named_parameters():
+            parameter.requires_grad_(name.startswith("mask_decoder.multimask"))
     trained = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trained, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(cfg))
     step = 0
     last = out / "last.pt"
     if cfg.init and not (resume and last.is_file()):
-        _initialise(model, cfg.init)
+        _initialise(model, cfg.init, cfg.seed)
     if resume and last.is_file():
         state = read_checkpoint(last)
         started = json.loads(state.get("train_config", "{}"))
         # what shapes the model and its optimiser must match; the rest (steps, lr, ...) may change on resuming
-        changed = [name for name in ("size", "freeze_encoder") if started.get(name, getattr(cfg, name)) != getattr(cfg, name)]
+        changed = [name for name in ("size", "freeze_encoder", "multimask", "multimask_only") if started.get(name, getattr(cfg, name)) != getattr(cfg, name)]
         if changed:
             then = ", ".join(f"{name.replace('_', '-')} {started[name]}" for name in changed)
-            raise SegAnyPetError(f"this run was started with {then}: resume it with the same --size and "
-                                 "--freeze-encoder", last)
+            raise SegAnyPetError(f"this run was started with {then}: resume it with the same --size, "
+                                 "--freeze-encoder, --multimask and --multimask-only", last)
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
