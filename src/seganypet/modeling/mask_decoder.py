@@ -4,7 +4,9 @@ SAM's design in 3D (two-way transformer, a mask token, an IoU head, 4x transpose
 upsampling and a hypernetwork dot product), with one mask output, as SAM-Med3D: SAM's three
 ambiguity masks need an IoU head good enough to pick among them on the first click, and a
 briefly trained head is not (measured: after 1.2k steps from scratch it predicted the same three
-IoUs for every input and always picked an empty mask). So the ambiguity masks are optional
+IoUs for every input and always picked an empty mask; trained alone on the shipped weights, the
+three masks split the answers, one of them into lesions under 10 mm, but the head still picked the
+organ around a lesion too often to ship them: MODEL_CARD.md). So the ambiguity masks are optional
 (``multimask``) and separate: their own tokens, hypernetworks and IoU head, decoded in a pass of
 their own, so a model fine-tuned to add them answers every other prompt exactly as before.
 Plus one PET-specific input: the crop's own
