@@ -87,7 +87,8 @@ class Session:
     answer there that sits well inside the window is redrawn in a window fitted to it, when both agree. A first
     answer held in the fine crop gives way to the next window's when that is larger with a sharper edge in SUV
     (the fine one was a fragment).
-    A click far along a long target (aorta, spine) is answered in its own window at the model's scale;
+    A model trained with ambiguity masks (``--multimask``) answers a target's lone click with the one its IoU head
+    scores highest. A click far along a long target (aorta, spine) is answered in its own window at the model's scale;
     every window rewrites the target only inside itself, so the pieces found before stay.
     """
 
