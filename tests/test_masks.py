@@ -111,6 +111,21 @@ def test_quantify_reads_rtstruct_and_dicom_seg_masks_as_it_reads_label_maps(tmp_
         assert total["mtv_ml"] == pytest.approx(expected.size * SPACING ** 3 / 1000)
 
 
+def test_an_rtstruct_and_a_seg_without_preamble_read_as_with_it(tmp_path, scan):
+    """Archives strip the 128-byte preamble and DICM prefix from masks as they do from images; both readers go through
+    the same forgiving read as the PET series."""
+    labels = np.zeros(scan.shape, np.uint8)
+    labels[4:15, 4:15, 1:4] = 1
+    write_dicom_seg(scan, labels, {1: "liver"}, tmp_path / "seg.dcm")
+    write_rtstruct(tmp_path / "rs.dcm", scan, {"liver": [(k, square(3.5, 14.5)) for k in (1, 2, 3)]})
+    for name in ("seg.dcm", "rs.dcm"):
+        ds = pydicom.dcmread(tmp_path / name)
+        ds.preamble = None
+        pydicom.dcmwrite(tmp_path / f"bare_{name}", ds, enforce_file_format=False)
+        assert np.array_equal(read_mask(tmp_path / f"bare_{name}", scan)[0], read_mask(tmp_path / name, scan)[0])
+        assert np.array_equal(read_mask(tmp_path / name, scan)[0], labels)
+
+
 def test_a_mask_of_another_series_or_of_no_kind_is_refused_in_one_line(tmp_path, scan):
     labels = np.zeros(scan.shape, np.uint8)
     labels[2:5, 2:5, 2] = 1

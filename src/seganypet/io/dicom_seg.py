@@ -109,7 +109,7 @@ def read_dicom_seg(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[
 
     Frames are placed by their referenced source SOP Instance UID, never by frame order.
     """
-    seg = hd.seg.segread(path)
+    seg = hd.seg.Segmentation.from_dataset(dcmread(path), copy=False)  # through dcmread: a SEG without a preamble too
     slice_of = {uid: k for k, uid in enumerate(image.meta.sop_instance_uids)}
     foreign = {uid for _, _, uid in seg.get_source_image_uids()} - set(slice_of)
     if foreign:

@@ -11,7 +11,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom.errors import InvalidDicomError
 
 from seganypet.errors import SegAnyPetError
@@ -75,7 +74,7 @@ def read_rtstruct(path: str | Path, image: PetImage) -> tuple[np.ndarray, dict[i
     overlap, the later one keeps the voxel.
     """
     path = Path(path)
-    ds = pydicom.dcmread(path)
+    ds = dcmread(path)
     names_by_number = {int(r.ROINumber): str(r.get("ROIName", f"roi_{r.ROINumber}")) for r in ds.get("StructureSetROISequence", [])}
     to_ijk = np.linalg.inv(image.affine_in("LPS"))
     labels = np.zeros(image.shape, np.int32)
