@@ -61,7 +61,7 @@ def test_ambiguity_masks_added_to_a_trained_model_leave_its_single_mask_as_it_wa
             plain.decode(plain.embed(crop), points, labels, multimask=True)
     assert torch.equal(single, again) and torch.equal(single_iou, again_iou)
     assert masks.shape == (1, 3, *single.shape[2:]) and ious.shape == (1, 3)
-    assert torch.allclose(ious, ious[:, :1].expand_as(ious))  # one IoU head copied three times
+    assert bool(((ious > 0) & (ious < 1)).all())  # an IoU each, from the head that reads each mask
     assert not torch.equal(masks[:, 1], masks[:, 2])  # their tokens nudged apart
 
 

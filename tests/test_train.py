@@ -367,3 +367,69 @@ def test_options_out_of_range_are_refused_together_before_anything_is_written(tm
     for named in ("--steps 0", "--batch 0", "--lr -0.001", "--lesion-fraction 1.5", "--cpcl-k 1"):
         assert named in str(info.value)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_ambiguity_iou_head_reads_each_mask_own_inside_and_edge():
+    """SAM's IoU token alone ranked a lesion's masks at chance, so the head also reads, per mask, the features
+    inside it and on a shell around it and its size: mask k's inputs must come from mask k."""
+    from seganypet.modeling.mask_decoder import mask_quality_inputs
+
+    g, c = 8, 4
+    features = torch.zeros(1, c, g, g, g)
+    features[0, 0, 2:4, 2:4, 2:4] = 1.0  # channel 0 marks a 2x2x2 cube
+    masks = torch.full((1, 2, g, g, g), -20.0)
+    masks[0, 0, 2:4, 2:4, 2:4] = 20.0  # mask 0 is that cube, mask 1 empty
+    token = torch.randn(1, 16)
+    inputs = mask_quality_inputs(token, masks, features)
+    assert inputs.shape == (1, 2, 16 + 2 + 3 * c + 1)
+    assert torch.equal(inputs[0, 0, :16], token[0]) and torch.equal(inputs[0, 1, :16], token[0])
+    assert inputs[0, 0, 16:18].tolist() == [1.0, 0.0] and inputs[0, 1, 16:18].tolist() == [0.0, 1.0]
+    within, around = inputs[0, 0, 18:18 + c], inputs[0, 0, 18 + c:18 + 2 * c]
+    assert within[0] == pytest.approx(1.0, abs=1e-6) and around[0] == pytest.approx(0.0, abs=1e-6)
+    assert inputs[0, 0, -1] == pytest.approx(np.log1p(8.0), abs=1e-4) and inputs[0, 1, -1] == pytest.approx(0.0, abs=1e-4)
+    model = build_model(dataclasses.replace(PRESETS["test"], multimask=3))
+    crops, _, _ = fixed_batch(model)
+    _, iou = model.decode(model.embed(crops[:1]), points=torch.tensor([[[15.0, 17.0, 14.0]]]), labels=torch.ones(1, 1),
+                          multimask=True)
+    assert iou.shape == (1, 3) and bool(((iou > 0) & (iou < 1)).all())
+
+
+def test_fit_head_learns_an_iou_from_inputs_of_any_scale_and_folds_the_scaling_into_the_head():
+    """An input 1000x larger than the rest carries the IoU: the fitted head predicts it from the raw inputs, since
+    the standardisation it was fitted with lives in its first layer."""
+    from seganypet.modeling.common import MLP
+    from seganypet.train.iou_head import fit_head
+
+    rng = np.random.default_rng(0)
+    inputs = rng.normal(size=(600, 3, 5)).astype(np.float32)
+    inputs[..., 2] *= 1000.0
+    ious = 1 / (1 + np.exp(-inputs[..., 2] / 1000.0)).astype(np.float32)
+    head = MLP(5, 32, 1, 3, sigmoid_output=True)
+    fit_head(head, inputs, ious, epochs=60, seed=0)
+    with torch.no_grad():
+        predicted = head(torch.from_numpy(inputs))[..., 0].numpy()
+    assert np.abs(predicted - ious).mean() < 0.03
+
+
+def test_fit_iou_head_fits_only_the_head_reports_held_out_cases_and_reuses_its_cache(tmp_path, monkeypatch):
+    from seganypet.train import iou_head
+
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny", cases=6)
+    loop = LoopConfig(rounds=1, cpcl_k=2)
+    start = train(TrainConfig(str(data), str(tmp_path / "start"), size="test", steps=2, batch=2, bf16="off", loop=loop)).checkpoint
+    multi = train(TrainConfig(str(data), str(tmp_path / "multi"), size="test", steps=2, batch=2, bf16="off", init=str(start),
+                              multimask=2, multimask_only=True, lr=1e-3, warmup=1, loop=loop)).checkpoint
+    fitted = iou_head.fit_iou_head(data, multi, tmp_path / "fit", epochs=5)
+    before, after = read_checkpoint(multi)["model"], read_checkpoint(fitted)["model"]
+    head = "mask_decoder.multimask_iou_head."
+    assert all(torch.equal(after[k], before[k]) for k in before if not k.startswith(head))
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.startswith(head))
+    report = json.loads((tmp_path / "fit" / "iou_head.json").read_text())
+    assert report["held_out_cases"] == ["case0"] and report["after"]["n"] > 0
+    assert 0.0 <= report["after"]["picked_iou"] <= report["after"]["best_iou"] <= 1.0
+    assert load_model(fitted).config.multimask == 2
+    # a second run (a stopped one resumed) reads the cached first clicks instead of decoding them again
+    monkeypatch.setattr(iou_head, "case_samples", lambda *a, **k: pytest.fail("decoded a cached case again"))
+    iou_head.fit_iou_head(data, multi, tmp_path / "fit", epochs=1)
+    with pytest.raises(SegAnyPetError, match="no ambiguity masks"):
+        iou_head.fit_iou_head(data, start, tmp_path / "nomm")

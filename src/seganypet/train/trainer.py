@@ -125,7 +125,7 @@ def _initialise(model: torch.nn.Module, path: str, seed: int) -> None:
         raise SegAnyPetError("no weight of this checkpoint fits the model being trained", path)
     model.load_state_dict(matched, strict=False)
     fresh = sorted(set(own) - set(matched))
-    if any(name.startswith("mask_decoder.multimask") for name in fresh):
+    if any(name.startswith("mask_decoder.multimask_tokens") for name in fresh):
         model.mask_decoder.seed_multimask(torch.Generator().manual_seed(seed))
     log.info("initialised %d of %d tensors from %s%s", len(matched), len(own), path,
              f"; fresh: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}" if fresh else "")
