@@ -18,15 +18,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from seganypet.clicks import first_click
 from seganypet.errors import SegAnyPetError
+from seganypet.eval.runner import first_click_on, read_case
 from seganypet.infer.crop import CropGeometry
-from seganypet.io import read_pet
-from seganypet.io.masks import read_label_map
 from seganypet.io.write import write_atomic
 from seganypet.modeling import ModelConfig, SegAnyPet, build_model, normalise_suv, read_checkpoint, save_checkpoint, set_precision
 from seganypet.progress import track
-from seganypet.train.data import case_targets, image_file, label_names, lesion_components, list_cases, read_dataset_json
+from seganypet.train.data import case_targets, label_names, list_cases, read_dataset_json
 
 log = logging.getLogger(__name__)
 HOLDOUT_EVERY = 6  # every 6th case is held out of the fit and reported
@@ -52,10 +50,7 @@ def first_click_crops(model: SegAnyPet, click: np.ndarray, spacing) -> list[Crop
 def case_samples(model: SegAnyPet, folder: Path, case: str, meta: dict, names: dict[int, str], seed: int) -> dict:
     """Head inputs (N, M, D), each mask's IoU (N, M) and whether the target is a lesion (N,), for two first clicks
     per target (its centre, a random voxel of it) at each scale of `first_click_crops`."""
-    image = read_pet(image_file(folder, "Tr", case, meta))
-    labels = read_label_map(folder / "labelsTr" / f"{case}{meta.get('file_ending', '.nii.gz')}", image)
-    inst_path = folder / "instancesTr" / f"{case}{meta.get('file_ending', '.nii.gz')}"
-    instances = read_label_map(inst_path, image) if inst_path.is_file() else lesion_components(labels, names)
+    image, labels, instances, _ = read_case(folder, case, "Tr", meta, names)
     volume = normalise_suv(image.array)
     head = model.mask_decoder.multimask_iou_head
     seen: list[torch.Tensor] = []
@@ -65,8 +60,7 @@ def case_samples(model: SegAnyPet, folder: Path, case: str, meta: dict, names: d
         for index, target in enumerate(case_targets(case, labels, instances, names, {})):
             truth = (instances if target.kind == "instance" else labels) == target.value
             rng = np.random.default_rng([seed, zlib.crc32(case.encode()), index])
-            box = tuple(slice(lo, hi + 1) for lo, hi in zip(np.argwhere(truth).min(0), np.argwhere(truth).max(0)))
-            centre = np.add(first_click(truth[box], rng, "largest_error", image.spacing)[0], [s.start for s in box])
+            centre = first_click_on(truth, rng, "largest_error", image.spacing)[0]
             voxels = np.argwhere(truth)
             for click in (np.asarray(centre, float), voxels[rng.integers(len(voxels))].astype(float)):
                 for crop in first_click_crops(model, click, image.spacing):
