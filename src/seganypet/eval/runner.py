@@ -78,7 +78,7 @@ def group_keys(row: dict) -> list[str]:
     return keys
 
 
-def _truth(labels: np.ndarray, instances: np.ndarray, target) -> np.ndarray:
+def target_truth(labels: np.ndarray, instances: np.ndarray, target) -> np.ndarray:
     return (instances if target.kind == "instance" else labels) == target.value
 
 
@@ -143,7 +143,7 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
     for index, target in enumerate(case_targets(case, labels, instances, names, sites)):
         if wanted and target.name.lower() not in wanted:
             continue
-        truth = _truth(labels, instances, target)
+        truth = target_truth(labels, instances, target)
         rng = np.random.default_rng([cfg.seed, zlib.crc32(case.encode()), index])
         diameter = equivalent_diameter_mm(truth, image.spacing)
         base = {"case": case, "structure": target.name, "target": f"{target.name}_{target.value}", "method": segmenter.name,

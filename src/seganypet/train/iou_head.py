@@ -19,15 +19,17 @@ import torch
 from scipy import ndimage
 
 from seganypet.errors import SegAnyPetError
-from seganypet.eval.runner import first_click_on, read_case
+from seganypet.eval.runner import first_click_on, read_case, target_truth
 from seganypet.infer.crop import CropGeometry
 from seganypet.io.write import write_atomic
 from seganypet.modeling import ModelConfig, SegAnyPet, build_model, normalise_suv, read_checkpoint, save_checkpoint, set_precision
 from seganypet.progress import track
 from seganypet.train.data import case_targets, label_names, list_cases, read_dataset_json
+from seganypet.train.trainer import initialise
 
 log = logging.getLogger(__name__)
 HOLDOUT_EVERY = 6  # every 6th case is held out of the fit and reported
+HEAD = "mask_decoder.multimask_iou_head."
 
 
 def prompted_iou(low_res: np.ndarray, truth: np.ndarray, at: np.ndarray) -> float:
@@ -58,7 +60,7 @@ def case_samples(model: SegAnyPet, folder: Path, case: str, meta: dict, names: d
     inputs, ious, lesion = [], [], []
     try:
         for index, target in enumerate(case_targets(case, labels, instances, names, {})):
-            truth = (instances if target.kind == "instance" else labels) == target.value
+            truth = target_truth(labels, instances, target)
             rng = np.random.default_rng([seed, zlib.crc32(case.encode()), index])
             centre = first_click_on(truth, rng, "largest_error", image.spacing)[0]
             voxels = np.argwhere(truth)
@@ -119,24 +121,23 @@ def fit_iou_head(dataset: str | Path, init: str | Path, out: str | Path, epochs:
     OUT/iou_head.json (the pick against the best mask on held-out cases, before and after). Features are cached per
     case under OUT/features, so a stopped run picks up where it was."""
     folder, out = Path(dataset), Path(out)
-    payload = read_checkpoint(init)
-    config = ModelConfig(**payload["config"])
-    if not config.multimask:
-        raise SegAnyPetError("this checkpoint has no ambiguity masks: train them first (--multimask N)", init)
-    model = build_model(config)
-    own = model.state_dict()
-    weights = {k: v.to(own[k].dtype) for k, v in payload["model"].items() if k in own and own[k].shape == v.shape}
-    missing = sorted(k for k in set(own) - set(weights) if not k.startswith("mask_decoder.multimask_iou_head."))
-    if missing:
-        raise SegAnyPetError(f"checkpoint lacks weights the head's inputs depend on ({missing[0]} ...)", init)
-    model.load_state_dict(weights, strict=False)
-    set_precision(model.eval())  # the encoder as the session runs it, so the head learns the inputs it will get
+    # the dataset first: a wrong folder should not wait for the model
     meta = read_dataset_json(folder)
     names = label_names(meta)
     cases = list_cases(folder, "Tr")
     if len(cases) < HOLDOUT_EVERY:
         raise SegAnyPetError(f"{len(cases)} training cases: the fit holds out one case in {HOLDOUT_EVERY}, so needs "
                              f"at least {HOLDOUT_EVERY}", folder)
+    config = ModelConfig(**read_checkpoint(init)["config"])
+    if not config.multimask:
+        raise SegAnyPetError("this checkpoint has no ambiguity masks: train them first (--multimask N)", init)
+    model = build_model(config)
+    fresh = initialise(model, init, seed)
+    missing = [k for k in fresh if not k.startswith(HEAD)]
+    if missing:
+        raise SegAnyPetError(f"checkpoint lacks weights the head's inputs depend on ({missing[0]} ...)", init)
+    kept = {k: v.clone() for k, v in model.state_dict().items() if not k.startswith(HEAD)}
+    set_precision(model.eval())  # the encoder as the session runs it, so the head learns the inputs it will get
     cache = out / "features"
     cache.mkdir(parents=True, exist_ok=True)
     samples = {}
@@ -159,20 +160,20 @@ def fit_iou_head(dataset: str | Path, init: str | Path, out: str | Path, epochs:
         with torch.no_grad():
             return head(torch.tensor(held_inputs))[..., 0].numpy()
 
-    before = ranking(scored(), held_ious) if len(weights) == len(own) else None
+    before = None if fresh else ranking(scored(), held_ious)  # a head of this layout came with the checkpoint
     fit_head(head, stacked(False, "inputs"), stacked(False, "ious"), epochs, seed)
-    after = ranking(scored(), held_ious)
-    lesion = stacked(True, "lesion")
+    predicted, lesion = scored(), stacked(True, "lesion")
+    after = ranking(predicted, held_ious)
     report = {"held_out_cases": sorted(held), "before": before, "after": after,
-              "after_lesions": ranking(scored()[lesion], held_ious[lesion]),
-              "after_organs": ranking(scored()[~lesion], held_ious[~lesion]),
+              "after_lesions": ranking(predicted[lesion], held_ious[lesion]),
+              "after_organs": ranking(predicted[~lesion], held_ious[~lesion]),
               "epochs": epochs, "seed": seed, "init": str(init), "dataset": str(folder)}
     text = json.dumps(report, indent=2)
     write_atomic(out / "iou_head.json", lambda tmp: tmp.write_text(text))
     final = out / "model.pt"
     # every other weight as it came (the encoder ran in bf16): the fit changes the head alone
     set_precision(model, "fp32")
-    model.load_state_dict({k: v for k, v in weights.items() if not k.startswith("mask_decoder.multimask_iou_head.")}, strict=False)
+    model.load_state_dict(kept, strict=False)
     save_checkpoint(model, final, {"iou_head": text}, half=True)
     log.info("IoU head on %d held-out samples: picks %.3f of the best mask's %.3f (agrees %.0f %%); wrote %s",
              after["n"], after["picked_iou"], after["best_iou"], 100 * after["agree"], final)

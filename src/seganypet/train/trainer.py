@@ -115,10 +115,10 @@ def _schedule(cfg: TrainConfig):
     return factor
 
 
-def _initialise(model: torch.nn.Module, path: str, seed: int) -> None:
+def initialise(model: torch.nn.Module, path: str | Path, seed: int) -> list[str]:
     """Copy every weight of ``path`` whose name and shape match (a checkpoint of the same size, or an
     older layout of it); the rest keep their fresh initialisation, and the log names them. Ambiguity masks
-    the checkpoint lacks start as copies of its single mask."""
+    the checkpoint lacks start as copies of its single mask. Returns the names left fresh."""
     weights, own = read_checkpoint(path)["model"], model.state_dict()
     matched = {k: v.to(own[k].dtype) for k, v in weights.items() if k in own and own[k].shape == v.shape}
     if not matched:
@@ -129,6 +129,7 @@ def _initialise(model: torch.nn.Module, path: str, seed: int) -> None:
         model.mask_decoder.seed_multimask(torch.Generator().manual_seed(seed))
     log.info("initialised %d of %d tensors from %s%s", len(matched), len(own), path,
              f"; fresh: {', '.join(fresh[:6])}{' ...' if len(fresh) > 6 else ''}" if fresh else "")
+    return fresh
 
 
 def _check_organ_weights(cfg: TrainConfig) -> None:
@@ -207,7 +208,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     step = 0
     last = out / "last.pt"
     if cfg.init and not (resume and last.is_file()):
-        _initialise(model, cfg.init, cfg.seed)
+        initialise(model, cfg.init, cfg.seed)
     if resume and last.is_file():
         state = read_checkpoint(last)
         started = json.loads(state.get("train_config", "{}"))
