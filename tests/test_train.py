@@ -316,6 +316,28 @@ def test_a_lone_click_trains_only_the_best_ambiguity_mask():
     assert model.mask_decoder.multimask_iou_head.layers[-1].weight.grad.abs().sum() > 0
 
 
+def test_the_second_round_corrects_the_ambiguity_mask_the_iou_head_picks():
+    """The session answers a lone click with the ambiguity mask its IoU head scores highest, and the next click
+    corrects that answer; trained on its own first answer instead, the single mask never learns to correct it."""
+    torch.manual_seed(0)
+    model = build_model(dataclasses.replace(PRESETS["test"], multimask=3))
+    model.mask_decoder.seed_multimask(torch.Generator().manual_seed(0))
+    crops, targets, _ = fixed_batch(model)
+    calls, decode = [], model.decode
+
+    def recorded(*args, **kwargs):
+        out = decode(*args, **kwargs)
+        calls.append((kwargs.get("multimask", False), kwargs.get("mask_input"), out))
+        return out
+
+    model.decode = recorded
+    InteractiveLoss(model, LoopConfig(rounds=2, box_probability=0.0, cpcl=False))(crops[:2], targets[:2], torch.tensor([False, False]), seed=3, cpcl_weight=0.0)
+    (single, _, (low, _)), (multi, _, (low_m, iou_m)), (_, fed, _) = calls
+    assert not single and multi and low_m.shape[1] == 3
+    picked = low_m.float()[torch.arange(2), iou_m.argmax(1)][:, None]
+    assert torch.equal(fed, picked) and not torch.equal(fed, low.float())
+
+
 def test_ambiguity_masks_trained_alone_leave_every_other_weight_as_init_gives_it(tmp_path):
     data = write_tiny_dataset(tmp_path / "Dataset001_Tiny", noisy=("case1",))
     loop = LoopConfig(rounds=1, cpcl_k=2)

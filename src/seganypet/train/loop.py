@@ -9,7 +9,7 @@ area-averaged (soft) target: the inference upsampling is a fixed trilinear map, 
 skips the backward pass through 8x more voxels, and the soft target keeps the partial volumes. Noisy samples take
 the CPCL mix of the given and the rectified label. A model with ambiguity masks also answers round 0's lone click
 with them, scored as SAM scores them: only the best mask's loss counts, and the IoU head learns every mask's IoU,
-so that it can pick among them at inference.
+so that it can pick among them at inference; the pick is what the next round corrects, as in the session.
 """
 
 from __future__ import annotations
@@ -147,11 +147,14 @@ class InteractiveLoss(nn.Module):
             logits = low.float()
             mask_loss, iou_loss = self._mask_loss(logits, iou, soft, rectified, noisy, cpcl_weight)
             total = total + mask_loss.mean() + iou_loss
+            mask_input = logits.detach()
             if r == 0 and boxes is None and model.mask_decoder.multimask:
                 low_m, iou_m = model.decode(embedding, multimask=True, **kwargs)
                 losses, iou_loss = self._mask_loss(low_m.float(), iou_m, soft, rectified, noisy, cpcl_weight)
                 total = total + losses.min(1).values.mean() + iou_loss
-            mask_input = logits.detach()
+                # the session answers a lone click with the mask the IoU head picks, so the next click corrects that
+                pick = iou_m.detach().argmax(1)
+                mask_input = low_m.detach().float()[torch.arange(len(pick)), pick][:, None]
             if r == cfg.rounds - 1:
                 final = model.upsample(mask_input)
                 inter = ((final > 0) & (targets > 0.5)).flatten(1).sum(1).float()
