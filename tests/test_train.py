@@ -455,3 +455,9 @@ def test_fit_iou_head_fits_only_the_head_reports_held_out_cases_and_reuses_its_c
     iou_head.fit_iou_head(data, multi, tmp_path / "fit", epochs=1)
     with pytest.raises(SegAnyPetError, match="no ambiguity masks"):
         iou_head.fit_iou_head(data, start, tmp_path / "nomm")
+    # a held-out case with nothing labelled leaves nothing to report on: one clear error, not numpy's
+    monkeypatch.undo()
+    label = data / "labelsTr" / "case0.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros(nib.load(label).shape, np.uint8), nib.load(label).affine), label)
+    with pytest.raises(SegAnyPetError, match="no labelled targets in the held-out cases"):
+        iou_head.fit_iou_head(data, multi, tmp_path / "unlabelled", epochs=1)

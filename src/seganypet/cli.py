@@ -391,7 +391,7 @@ def train(
     freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="Train the prompt encoder and mask decoder only; the image encoder keeps its --init weights.")] = False,
     multimask: Annotated[int, typer.Option("--multimask", help="Ambiguity masks (SAM's) answering a lone click, beside the single mask; 0: none.")] = 0,
     multimask_only: Annotated[bool, typer.Option("--multimask-only", help="Train the ambiguity masks alone; every other weight keeps its --init value.")] = False,
-    fit_iou_head: Annotated[bool, typer.Option("--fit-iou-head", help="Fit only the IoU head that picks among --init's ambiguity masks, on first clicks decoded once (minutes on a CPU).")] = False,
+    fit_iou_head: Annotated[bool, typer.Option("--fit-iou-head", help="Fit only the IoU head that picks among --init's ambiguity masks, on first clicks decoded once (minutes on a CPU); uses -d, -o, --init and --seed only.")] = False,
 ) -> None:
     """Train the promptable model with simulated clicks (and CPCL); run under torchrun for several processes."""
     if fit_iou_head:

@@ -151,7 +151,10 @@ def fit_iou_head(dataset: str | Path, init: str | Path, out: str | Path, epochs:
     held = set(cases[::HOLDOUT_EVERY])
 
     def stacked(which: bool, key: str) -> np.ndarray:
-        return np.concatenate([s[key] for c, s in samples.items() if (c in held) == which and len(s[key])])
+        parts = [s[key] for c, s in samples.items() if (c in held) == which and len(s[key])]
+        if not parts:
+            raise SegAnyPetError(f"no labelled targets in the {'held-out' if which else 'fitted'} cases", folder)
+        return np.concatenate(parts)
 
     head = model.mask_decoder.multimask_iou_head
     held_inputs, held_ious = stacked(True, "inputs"), stacked(True, "ious")
