@@ -134,6 +134,23 @@ def test_auto_zoom_keeps_the_narrower_window_when_the_wider_one_loses_a_thin_tar
     assert dice(session.mask, tube & window) > 0.8 and not (session.mask & ~ndimage.binary_dilation(tube)).any()
 
 
+def test_auto_zoom_keeps_the_narrower_window_when_the_target_vanishes_from_the_wider_ones_grid():
+    """A 12 mm vessel 56 cm long runs out of each window; in the window AutoZoom widens to at last, it is thinner than
+    a voxel and falls out of the grid that window is prompted on. That window has lost it (none of it kept, not all
+    of it): the narrower answer stays. Before, the empty prompt counted as kept, and the click got an empty mask."""
+    image = PetImage(np.full((40, 40, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    vessel = np.zeros(image.shape, bool)
+    vessel[19:22, 19:22, 5:145] = True
+    image.array[vessel] = HOT
+    session = Session(HotVoxelModel(), max_zoom=4.0)
+    session.set_image(image)
+    result = session.add_point((20, 20, 70))
+    window = np.zeros(image.shape, bool)
+    window[result.crop.footprint(image.shape)] = True
+    assert 1 < result.crop.step[0] < 3  # a wider window held it; the widest did not
+    assert dice(session.mask, vessel & window) > 0.8 and not (session.mask & ~ndimage.binary_dilation(vessel)).any()
+
+
 def test_clicks_along_a_long_thin_target_build_it_up_window_by_window():
     """Clicks beyond the window on the same 52 cm tube are each answered in their own window at the model's
     scale, centred on the click, shown only the prompts inside it; the pieces found before stay

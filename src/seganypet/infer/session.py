@@ -488,9 +488,10 @@ def _holds(crop: CropGeometry, points, margin: float = KEEP_MARGIN) -> bool:
 
 
 def _kept(logits: torch.Tensor, inside: np.ndarray) -> float:
-    """The fraction of ``inside`` (a low-res bool grid) that low-res ``logits`` still call foreground."""
+    """The fraction of ``inside`` (a low-res bool grid) that low-res ``logits`` still call foreground; none when
+    ``inside`` is empty: a window so coarse that the mask it was given vanished from its grid has lost it."""
     if not inside.any():
-        return 1.0
+        return 0.0
     return float(((logits[0, 0].float().cpu().numpy() > 0) & inside).sum() / inside.sum())
 
 
