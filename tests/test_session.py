@@ -17,6 +17,7 @@ from scipy import ndimage
 from conftest import HOT, HotVoxelModel, add_sphere, oblique_image
 from seganypet.errors import SegAnyPetError
 from seganypet.infer import CropGeometry, Session, segment_with_model
+from seganypet.infer import session as session_module
 from seganypet.io import PetImage
 from seganypet.modeling import PRESETS, build_model, normalise_suv
 from seganypet.prompts import Prompts
@@ -134,10 +135,12 @@ def test_auto_zoom_keeps_the_narrower_window_when_the_wider_one_loses_a_thin_tar
     assert dice(session.mask, tube & window) > 0.8 and not (session.mask & ~ndimage.binary_dilation(tube)).any()
 
 
-def test_auto_zoom_keeps_the_narrower_window_when_the_target_vanishes_from_the_wider_ones_grid():
+def test_auto_zoom_keeps_the_narrower_window_when_the_target_vanishes_from_the_wider_ones_grid(monkeypatch):
     """A 12 mm vessel 56 cm long runs out of each window; in the window AutoZoom widens to at last, it is thinner than
     a voxel and falls out of the grid that window is prompted on. That window has lost it (none of it kept, not all
-    of it): the narrower answer stays. Before, the empty prompt counted as kept, and the click got an empty mask."""
+    of it): the narrower answer stays. Before, the empty prompt counted as kept, and the click got an empty mask.
+    The window stretched along a tube is turned off, so that AutoZoom's widening is what is tested."""
+    monkeypatch.setattr(session_module, "TUBE_ELONGATION", np.inf)
     image = PetImage(np.full((40, 40, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
     vessel = np.zeros(image.shape, bool)
     vessel[19:22, 19:22, 5:145] = True
@@ -149,6 +152,41 @@ def test_auto_zoom_keeps_the_narrower_window_when_the_target_vanishes_from_the_w
     window[result.crop.footprint(image.shape)] = True
     assert 1 < result.crop.step[0] < 3  # a wider window held it; the widest did not
     assert dice(session.mask, vessel & window) > 0.8 and not (session.mask & ~ndimage.binary_dilation(vessel)).any()
+
+
+def test_a_tube_that_runs_out_of_its_window_along_one_axis_is_redrawn_in_a_window_stretched_along_it(monkeypatch):
+    """The 16 mm tube 52 cm long that a window widened on every axis loses: the window stretched 3x along the tube,
+    with 4 mm voxels across it still, holds three times as much of it as the cube window the session kept before."""
+    image = PetImage(np.full((40, 40, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
+    tube = (np.linalg.norm((ijk[..., :2] - [20, 20]) * 4.0, axis=-1) <= 8.0) & (ijk[..., 2] >= 5) & (ijk[..., 2] < 135)
+    image.array[tube] = HOT
+    session = Session(ThinUnseenWhenWideModel(), max_zoom=4.0)
+    session.set_image(image)
+    result = session.add_point((20, 20, 70))
+    assert np.allclose(np.asarray(result.crop.step) * 4.0 / PRESETS["test"].spacing_mm, [1, 1, session_module.TUBE_STRETCH])
+    window = np.zeros_like(tube)
+    window[result.crop.footprint(image.shape)] = True
+    assert dice(session.mask, tube & window) > 0.8 and not (session.mask & ~ndimage.binary_dilation(tube)).any()
+    assert session.mask.any((0, 1)).sum() == window.any((0, 1)).sum() == 96  # 38.4 cm of the tube, end to end
+    monkeypatch.setattr(session_module, "TUBE_ELONGATION", np.inf)
+    session.reset()
+    session.add_point((20, 20, 70))
+    assert session.mask.any((0, 1)).sum() == 32  # the cube window at the model's scale: 12.8 cm of it
+
+
+def test_a_wide_target_that_runs_out_along_one_axis_is_widened_on_every_axis():
+    """A 10 cm thick column 52 cm long leaves the 12.8 cm window through its two ends only, but it is as wide as it is
+    long there: an organ, not a tube, and AutoZoom widens the window on all three axes as before."""
+    image = PetImage(np.full((60, 60, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    column = np.zeros(image.shape, bool)
+    column[18:43, 18:43, 5:135] = True
+    image.array[column] = HOT
+    session = Session(ThinUnseenWhenWideModel(), max_zoom=4.0)
+    session.set_image(image)
+    result = session.add_point((30, 30, 70))
+    step = np.asarray(result.crop.step)
+    assert np.allclose(step, step[0]) and step[0] * 4.0 / PRESETS["test"].spacing_mm > 1.4
 
 
 def test_clicks_along_a_long_thin_target_build_it_up_window_by_window():

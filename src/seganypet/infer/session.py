@@ -37,6 +37,11 @@ ZOOM_STEP = 1.5  # each AutoZoom round widens the window at least this much
 # it is dropped and the narrower kept: a thin structure (spine, aorta) can vanish from a window of 10 mm voxels,
 # and the blob left is worse than the piece the narrower window found
 KEEP_WHEN_WIDER = 0.5
+# a target's first answer that leaves its window through the faces of one axis only, and is already this many times
+# longer along it than across, is a tube along that axis (spine, aorta); its window is stretched TUBE_STRETCH times
+# along it, at the same voxel size across
+TUBE_ELONGATION = 2.0
+TUBE_STRETCH = 3.0
 CLOSER_AT_MOST = 0.9  # a target's first answer is redrawn closer only in a window at least this much finer
 EMBEDDING_CACHE = 4
 # the model reads a 3D neighbourhood: a lesion clicked in a single slice cut from a phantom is answered with nothing
@@ -87,6 +92,8 @@ class Session:
     answer there that sits well inside the window is redrawn in a window fitted to it, when both agree. A first
     answer held in the fine crop gives way to the next window's when that is larger with a sharper edge in SUV
     (the fine one was a fragment).
+    A target's first answer that runs out of the window along one axis only, as a tube along the body does, is redrawn
+    in the window stretched along that axis rather than widened on all three.
     A model trained with ambiguity masks (``--multimask``) answers a target's lone click with the one its IoU head
     scores highest. A click far along a long target (aorta, spine) is answered in its own window at the model's scale;
     every window rewrites the target only inside itself, so the pieces found before stay.
@@ -224,8 +231,17 @@ class Session:
         return CropGeometry.centred((lo + hi) / 2, self.image.spacing, config.spacing_mm * zoom, config.crop_size)
 
     def _zoom(self, crop: CropGeometry) -> float:
-        """The crop's voxel size as a multiple of the model's spacing."""
-        return float(crop.step[0] * self.image.spacing[0] / self.model.config.spacing_mm)
+        """The crop's voxel size as a multiple of the model's spacing: a stretched window's finest, a cube's on its
+        first axis (the others differ from it by rounding only, which must not move a comparison with 1)."""
+        step = self._step_mm(crop)
+        return float(min(step[0], step.min() * (1 + 1e-3)) / self.model.config.spacing_mm)
+
+    def _step_mm(self, crop: CropGeometry) -> np.ndarray:
+        return np.asarray(crop.step) * self.image.spacing
+
+    def _stretched(self, crop: CropGeometry) -> bool:
+        step = self._step_mm(crop)
+        return bool(step.max() > step.min() * (1 + 1e-3))
 
     def _keeps(self, target: Target) -> bool:
         """Whether every prompt lies inside the target's crop, away from its edge."""
@@ -374,9 +390,11 @@ class Session:
         mask_input = self._mask_prompt(target, crop)
         logits, score = self._decode(target, crop, mask_input)
         crop_logits = self._upsampled(logits)
+        if before.crop is None and not self._stretched(crop):
+            crop, crop_logits, logits, score = self._lengthwise(target, crop, crop_logits, logits, score)
         for _ in range(MAX_ZOOM_ROUNDS):
             zoom = self._zoom(crop)
-            if zoom >= self.max_zoom - 1e-6 or not self._touches_border(crop, crop_logits > 0):
+            if zoom >= self.max_zoom - 1e-6 or not self._touches_border(crop, crop_logits > 0) or self._stretched(crop):
                 break
             # AutoZoom: the object runs out of the crop; refit the window to it, zoomed out at least ZOOM_STEP
             wider = self._refitted(target, crop, crop_logits, min_zoom=min(zoom * ZOOM_STEP, self.max_zoom))
@@ -388,9 +406,47 @@ class Session:
             log.debug("target %d touches the crop border: zoom %.2f -> %.2f", target.label, zoom, self._zoom(wider))
             crop, logits, score = wider, wider_logits, wider_score
             crop_logits = self._upsampled(logits)
-        if fine is not None and before.crop is None and self._zoom(crop) <= 1 + 1e-6:
+        if fine is not None and before.crop is None and self._zoom(crop) <= 1 + 1e-6 and not self._stretched(crop):
             crop, crop_logits, logits, score = self._closer(target, crop, crop_logits, logits, score)
         return self._write(target, before, crop, crop_logits, logits, score)
+
+    def _lengthwise(self, target: Target, crop: CropGeometry, crop_logits: np.ndarray, logits: torch.Tensor,
+                    score: float) -> tuple[CropGeometry, np.ndarray, torch.Tensor, float]:
+        """A target's first answer that leaves its window through the faces of one axis only and is at least
+        ``TUBE_ELONGATION`` times longer along it than across, redrawn in the window ``TUBE_STRETCH`` times longer
+        along that axis, with the same voxels across; kept if it keeps ``KEEP_WHEN_WIDER`` of the first answer.
+
+        A tube along the body (the spine 50-60 cm, the aorta over its arch) outruns every window. AutoZoom widens the
+        window on all three axes, and in its 9-12 mm voxels a 2-3 cm tube is a few voxels wide and lost; the window
+        that keeps it holds a third of it. Stretched along the tube only, the window keeps the cross-section the model
+        was trained on and holds three times its length, which the model answers well although it never saw a
+        stretched crop (model card, session 30). The redraw has the prompts alone: the first answer as a mask prompt
+        pins it to the shorter piece. Organs that leave a window (lungs, liver) are as wide as they are long in it
+        and are widened as before."""
+        unchanged = crop, crop_logits, logits, score
+        mask = crop_logits > 0
+        axes = {axis for axis, face in crop.border_faces_inside(self.image.shape)
+                if np.take(mask, [0 if face == 0 else -1], axis=axis).any()}
+        if len(axes) != 1 or self._zoom(crop) * TUBE_STRETCH > self.max_zoom + 1e-6:
+            return unchanged
+        axis = axes.pop()
+        coords = np.argwhere(mask)
+        extent = (np.ptp(coords, 0) + 1) * self._step_mm(crop)
+        if extent[axis] < TUBE_ELONGATION * np.delete(extent, axis).max():
+            return unchanged
+        prompt_lo, prompt_hi = self._prompt_extent(target)
+        lo = min(crop.to_image(coords.min(0))[axis], prompt_lo[axis])
+        hi = max(crop.to_image(coords.max(0))[axis], prompt_hi[axis])
+        centre, step = crop.centre, np.asarray(crop.step, float)
+        centre[axis], step[axis] = (lo + hi) / 2, step[axis] * TUBE_STRETCH
+        long = CropGeometry(tuple((centre - step * (crop.size - 1) / 2).tolist()), tuple(step.tolist()), crop.size)  # type: ignore[arg-type]
+        inside = self._resampled(crop_logits, crop, long)
+        long_logits, long_score = self._decode(target, long, None)
+        if _kept(long_logits, inside) < KEEP_WHEN_WIDER:
+            log.debug("target %d: the window stretched along axis %d loses it", target.label, axis)
+            return unchanged
+        log.debug("target %d runs out along axis %d only: window stretched %gx along it", target.label, axis, TUBE_STRETCH)
+        return long, self._upsampled(long_logits), long_logits, long_score
 
     def _refitted(self, target: Target, crop: CropGeometry, crop_logits: np.ndarray, min_zoom: float) -> CropGeometry:
         """A window fitted to a prediction (and the prompts), at ``min_zoom`` or wider."""
