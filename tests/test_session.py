@@ -119,17 +119,34 @@ class ThinUnseenWhenWideModel(HotVoxelModel):
         return (logits if (logits > 0).sum() >= 300 else torch.full_like(logits, -1.0)), iou
 
 
-def test_auto_zoom_keeps_the_narrower_window_when_the_wider_one_loses_a_thin_target():
-    """A 16 mm tube 52 cm long runs out of every window, but a zoomed-out window no longer sees it: the
-    session keeps the piece the 12.8 cm window found instead of the wider window's empty answer."""
+def long_tube() -> tuple[PetImage, np.ndarray]:
+    """A 16 mm tube 52 cm long along k, hot in a warm background: longer than any window of the test model."""
     image = PetImage(np.full((40, 40, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
     ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
     tube = (np.linalg.norm((ijk[..., :2] - [20, 20]) * 4.0, axis=-1) <= 8.0) & (ijk[..., 2] >= 5) & (ijk[..., 2] < 135)
     image.array[tube] = HOT
+    return image, tube
+
+
+def hot_box(shape, where) -> tuple[PetImage, np.ndarray]:
+    """A hot box ``where`` (slices) in a warm background of 4 mm voxels."""
+    image = PetImage(np.full(shape, 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
+    box = np.zeros(shape, bool)
+    box[where] = True
+    image.array[box] = HOT
+    return image, box
+
+
+def test_auto_zoom_keeps_the_narrower_window_when_the_wider_one_loses_a_thin_target(monkeypatch):
+    """A 16 mm tube 52 cm long runs out of every window, but a zoomed-out window no longer sees it: the
+    session keeps the piece the 12.8 cm window found instead of the wider window's empty answer. The window stretched
+    along a tube is turned off, so that AutoZoom's widening is what is tested."""
+    monkeypatch.setattr(session_module, "TUBE_ELONGATION", np.inf)
+    image, tube = long_tube()
     session = Session(ThinUnseenWhenWideModel(), max_zoom=4.0)
     session.set_image(image)
     result = session.add_point((20, 20, 70))
-    assert result.crop.step[0] == pytest.approx(1.0)  # the window that saw it, not a wider one
+    assert result.crop.step == pytest.approx((1.0, 1.0, 1.0))  # the window that saw it, not a wider one
     window = np.zeros_like(tube)
     window[result.crop.footprint(image.shape)] = True
     assert dice(session.mask, tube & window) > 0.8 and not (session.mask & ~ndimage.binary_dilation(tube)).any()
@@ -141,10 +158,7 @@ def test_auto_zoom_keeps_the_narrower_window_when_the_target_vanishes_from_the_w
     of it): the narrower answer stays. Before, the empty prompt counted as kept, and the click got an empty mask.
     The window stretched along a tube is turned off, so that AutoZoom's widening is what is tested."""
     monkeypatch.setattr(session_module, "TUBE_ELONGATION", np.inf)
-    image = PetImage(np.full((40, 40, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
-    vessel = np.zeros(image.shape, bool)
-    vessel[19:22, 19:22, 5:145] = True
-    image.array[vessel] = HOT
+    image, vessel = hot_box((40, 40, 150), np.s_[19:22, 19:22, 5:145])
     session = Session(HotVoxelModel(), max_zoom=4.0)
     session.set_image(image)
     result = session.add_point((20, 20, 70))
@@ -157,10 +171,7 @@ def test_auto_zoom_keeps_the_narrower_window_when_the_target_vanishes_from_the_w
 def test_a_tube_that_runs_out_of_its_window_along_one_axis_is_redrawn_in_a_window_stretched_along_it(monkeypatch):
     """The 16 mm tube 52 cm long that a window widened on every axis loses: the window stretched 3x along the tube,
     with 4 mm voxels across it still, holds three times as much of it as the cube window the session kept before."""
-    image = PetImage(np.full((40, 40, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
-    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
-    tube = (np.linalg.norm((ijk[..., :2] - [20, 20]) * 4.0, axis=-1) <= 8.0) & (ijk[..., 2] >= 5) & (ijk[..., 2] < 135)
-    image.array[tube] = HOT
+    image, tube = long_tube()
     session = Session(ThinUnseenWhenWideModel(), max_zoom=4.0)
     session.set_image(image)
     result = session.add_point((20, 20, 70))
@@ -178,10 +189,7 @@ def test_a_tube_that_runs_out_of_its_window_along_one_axis_is_redrawn_in_a_windo
 def test_a_wide_target_that_runs_out_along_one_axis_is_widened_on_every_axis():
     """A 10 cm thick column 52 cm long leaves the 12.8 cm window through its two ends only, but it is as wide as it is
     long there: an organ, not a tube, and AutoZoom widens the window on all three axes as before."""
-    image = PetImage(np.full((60, 60, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
-    column = np.zeros(image.shape, bool)
-    column[18:43, 18:43, 5:135] = True
-    image.array[column] = HOT
+    image, column = hot_box((60, 60, 150), np.s_[18:43, 18:43, 5:135])
     session = Session(ThinUnseenWhenWideModel(), max_zoom=4.0)
     session.set_image(image)
     result = session.add_point((30, 30, 70))
@@ -194,10 +202,7 @@ def test_clicks_along_a_long_thin_target_build_it_up_window_by_window():
     scale, centred on the click, shown only the prompts inside it; the pieces found before stay
     (nnInteractive's target buffer), and undo takes the last piece back. One window refitted to all
     clicks would be too coarse to see the tube."""
-    image = PetImage(np.full((40, 40, 150), 0.5, np.float32), np.diag([4.0, 4.0, 4.0, 1.0]), "RAS")
-    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
-    tube = (np.linalg.norm((ijk[..., :2] - [20, 20]) * 4.0, axis=-1) <= 8.0) & (ijk[..., 2] >= 5) & (ijk[..., 2] < 135)
-    image.array[tube] = HOT
+    image, tube = long_tube()
     shown = []
 
     class Recording(ThinUnseenWhenWideModel):
