@@ -23,7 +23,8 @@ class CropGeometry:
     size: int  # crop voxels per side
 
     @classmethod
-    def centred(cls, centre_ijk, image_spacing, crop_spacing_mm: float, size: int) -> CropGeometry:
+    def centred(cls, centre_ijk, image_spacing, crop_spacing_mm: float | np.ndarray, size: int) -> CropGeometry:
+        """``crop_spacing_mm``: one voxel size, or one per axis (a window stretched along a tube)."""
         step = crop_spacing_mm / np.asarray(image_spacing, float)
         origin = np.asarray(centre_ijk, float) - step * (size - 1) / 2
         return cls(tuple(float(v) for v in origin), tuple(float(v) for v in step), size)  # type: ignore[arg-type]

@@ -362,11 +362,13 @@ class Session:
         stray = torch.from_numpy((parts > 0) & ~np.isin(parts, list(keep))).to(logits.device)
         return logits.masked_fill(stray[None, None], -MASK_PROMPT_LOGIT)
 
+    def _exit_axes(self, crop: CropGeometry, crop_mask: np.ndarray) -> set[int]:
+        """The axes through whose faces inside the image ``crop_mask`` runs out of the crop."""
+        return {axis for axis, face in crop.border_faces_inside(self.image.shape)
+                if np.take(crop_mask, [0 if face == 0 else -1], axis=axis).any()}
+
     def _touches_border(self, crop: CropGeometry, crop_mask: np.ndarray) -> bool:
-        for axis, face in crop.border_faces_inside(self.image.shape):
-            if np.take(crop_mask, [0 if face == 0 else -1], axis=axis).any():
-                return True
-        return False
+        return bool(self._exit_axes(crop, crop_mask))
 
     def _upsampled(self, logits: torch.Tensor) -> np.ndarray:
         with torch.inference_mode():
@@ -390,7 +392,7 @@ class Session:
         mask_input = self._mask_prompt(target, crop)
         logits, score = self._decode(target, crop, mask_input)
         crop_logits = self._upsampled(logits)
-        if before.crop is None and not self._stretched(crop):
+        if before.crop is None:
             crop, crop_logits, logits, score = self._lengthwise(target, crop, crop_logits, logits, score)
         for _ in range(MAX_ZOOM_ROUNDS):
             zoom = self._zoom(crop)
@@ -425,8 +427,7 @@ class Session:
         and are widened as before."""
         unchanged = crop, crop_logits, logits, score
         mask = crop_logits > 0
-        axes = {axis for axis, face in crop.border_faces_inside(self.image.shape)
-                if np.take(mask, [0 if face == 0 else -1], axis=axis).any()}
+        axes = self._exit_axes(crop, mask)
         if len(axes) != 1 or self._zoom(crop) * TUBE_STRETCH > self.max_zoom + 1e-6:
             return unchanged
         axis = axes.pop()
@@ -437,9 +438,9 @@ class Session:
         prompt_lo, prompt_hi = self._prompt_extent(target)
         lo = min(crop.to_image(coords.min(0))[axis], prompt_lo[axis])
         hi = max(crop.to_image(coords.max(0))[axis], prompt_hi[axis])
-        centre, step = crop.centre, np.asarray(crop.step, float)
-        centre[axis], step[axis] = (lo + hi) / 2, step[axis] * TUBE_STRETCH
-        long = CropGeometry(tuple((centre - step * (crop.size - 1) / 2).tolist()), tuple(step.tolist()), crop.size)  # type: ignore[arg-type]
+        centre, step_mm = crop.centre, self._step_mm(crop)
+        centre[axis], step_mm[axis] = (lo + hi) / 2, step_mm[axis] * TUBE_STRETCH
+        long = CropGeometry.centred(centre, self.image.spacing, step_mm, crop.size)
         inside = self._resampled(crop_logits, crop, long)
         long_logits, long_score = self._decode(target, long, None)
         if _kept(long_logits, inside) < KEEP_WHEN_WIDER:
