@@ -126,7 +126,7 @@ def main() -> None:
             lesion = target.kind == "instance"
             row = {"structure": target.name, "site": target.site or "", "suvmax": float(image.array[truth].max()),
                    "size_group": group_of(SIZE_GROUPS, equivalent_diameter_mm(truth, image.spacing)) if lesion else ""}
-            for group in group_keys(row) + ([] if lesion else ["organ mean"]):
+            for group in group_keys(row):
                 for rule, value in rules.items():
                     scores[group][rule].append(value)
     order = ["organ mean", "lesion"] + sorted(g for g in scores if g not in ("organ mean", "lesion"))

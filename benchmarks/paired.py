@@ -23,13 +23,12 @@ from seganypet.eval.runner import group_keys, load_rows  # noqa: E402
 
 
 def dice_by_target(folder: str, method: str) -> dict[tuple, tuple[float, list[str]]]:
-    """(case, target, clicks) -> (Dice, the groups it counts in: its structure (lesions also by size and site),
-    and 'organs' for every structure that is not a lesion)."""
+    """(case, target, clicks) -> (Dice, the groups it counts in: ``group_keys``)."""
     rows = [r for r in load_rows(Path(folder)) if r["method"] == method]
     if not rows:
         raise SystemExit(f"{folder}: no rows of method {method!r}")
     return {(r["case"], r["target"], r["clicks"]):
-            (r["dice"], group_keys(r) + ([] if r["structure"].lower() == "lesion" else ["organs"])) for r in rows}
+            (r["dice"], group_keys(r)) for r in rows}
 
 
 def main() -> None:
@@ -44,7 +43,7 @@ def main() -> None:
         raise SystemExit("--a and --b need the same number of folders (one per seed)")
     arms = [(dice_by_target(a, args.method), dice_by_target(b, args.method)) for a, b in zip(args.a, args.b)]
     keys = sorted(set.intersection(*(set(a) & set(b) for a, b in arms)))
-    groups = sorted({g for k in keys for g in arms[0][0][k][1]}, key=lambda g: (g not in ("organs", "lesion"), g))
+    groups = sorted({g for k in keys for g in arms[0][0][k][1]}, key=lambda g: (g not in ("organ mean", "lesion"), g))
     rng = np.random.default_rng(0)
     rows = []
     for clicks in sorted({k[2] for k in keys}):

@@ -163,7 +163,8 @@ def test_without_instance_files_a_lesion_is_scored_against_its_component_and_sum
     assert runner_module.group_keys({**lesion, "suvmax": 4.99}) == ["lesion", f"lesion {lesion['size_group']}", "lesion SUVmax < 5"]
     assert runner_module.group_keys({**lesion, "suvmax": 10.0})[-1] == "lesion SUVmax >= 10"
     organ = next(r for r in result["rows"] if r["structure"] == "organ")
-    assert runner_module.group_keys(organ) == ["organ"]
+    assert runner_module.group_keys(organ) == ["organ", "organ mean"]
+    assert by_group["organ mean"]["n"] == len([r for r in result["rows"] if not r["size_group"]]) > 0
 
 
 def test_a_region_based_dataset_json_evaluates_its_labels_and_a_bad_label_value_is_named(tmp_path, caplog):

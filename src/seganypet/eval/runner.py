@@ -59,16 +59,28 @@ class EvalConfig:
     device: str = "cpu"
 
 
+ORGAN_MEAN = "organ mean"
+
+
+def structure_order(name: str) -> tuple:
+    """Organs by name, then their mean, then lesions: all, by size and by uptake (smallest first), by site."""
+    groups = ["lesion"] + [f"lesion {g}" for g, _, _ in SIZE_GROUPS + UPTAKE_GROUPS]
+    return name.startswith("lesion"), name == ORGAN_MEAN, groups.index(name) if name in groups else len(groups), name
+
+
 def group_of(groups: tuple[tuple[str, float, float], ...], value: float) -> str:
     """The name of the half-open range [lo, hi) of ``groups`` that holds ``value``."""
     return next(name for name, lo, hi in groups if lo <= value < hi)
 
 
 def group_keys(row: dict) -> list[str]:
-    """The summary groups a row counts in: its structure and, for a lesion, its size group, its uptake group
-    (true SUVmax) and its site (where the dataset's ``metadata/{case}.json`` names one; the unseen-site
-    experiment needs it)."""
+    """The summary groups a row counts in: its structure; for a label class, the organ mean over every target that
+    is not a lesion (the figure a model is judged by: every organ target counts once); for a lesion, its size
+    group, its uptake group (true SUVmax) and its site (where the dataset's ``metadata/{case}.json`` names one; the
+    unseen-site experiment needs it)."""
     keys = [row["structure"]]
+    if not row["size_group"]:
+        keys.append(ORGAN_MEAN)
     if row["size_group"]:
         keys.append(f"lesion {row['size_group']}")
     if row["size_group"] and row.get("suvmax") is not None:  # rows written before uptake was recorded have none
@@ -194,7 +206,7 @@ def summarise(rows: list[dict]) -> list[dict]:
 def markdown_table(summary: list[dict], metric: str = "dice_mean") -> str:
     """Structures as rows, (method, clicks) as columns."""
     columns = sorted({(r["method"], r["clicks"]) for r in summary}, key=lambda k: (k[0] != "model", k[0], k[1]))
-    structures = sorted({r["structure"] for r in summary}, key=lambda s: (s.startswith("lesion"), s))
+    structures = sorted({r["structure"] for r in summary}, key=structure_order)
     cell = {(r["structure"], r["method"], r["clicks"]): r for r in summary}
     lines = ["| structure | n | " + " | ".join(f"{m} @{c}" for m, c in columns) + " |",
              "|---|---|" + "---|" * len(columns)]
@@ -246,7 +258,7 @@ def plot_results(rows: list[dict], summary: list[dict], out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    structures = sorted({r["structure"] for r in summary}, key=lambda s: (s.startswith("lesion"), s))
+    structures = sorted({r["structure"] for r in summary}, key=structure_order)
     methods = sorted({r["method"] for r in summary}, key=lambda m: (m != "model", m))
     cols = 4
     fig, axes = plt.subplots(-(-len(structures) // cols), cols, figsize=(4 * cols, 3 * -(-len(structures) // cols)), squeeze=False)
