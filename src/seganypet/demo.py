@@ -4,7 +4,8 @@ Runs on a fresh machine with nothing to download: generate a whole-body FDG
 phantom, store it as a PET DICOM series, read it back to SUVbw from its own
 tags, click once on the liver (the PERCIST reference region) and once on each of the two largest
 lesions, and write the masks (NIfTI and DICOM SEG), the report and the picture. The liver goes to the
-shipped model; lesions to region growing, which the model beats at 3 and 5 clicks but not yet at one (MODEL_CARD.md).
+shipped model; lesions to region growing: on 50 held-out phantoms the model only draws level with it at one click
+(lesion Dice 0.72 against 0.71) and is behind it on lesions under 10 mm and under SUVmax 5 (MODEL_CARD.md).
 """
 
 from __future__ import annotations
