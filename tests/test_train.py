@@ -33,6 +33,7 @@ from seganypet.train.data import (
     read_dataset_json,
     sample_crop,
 )
+from seganypet.train.trainer import cpcl_weight_at
 
 
 def fixed_batch(model):
@@ -88,6 +89,18 @@ def test_cpcl_on_a_constructed_case():
     assert torch.equal(result.rectified[elsewhere], label[elsewhere])  # the given label everywhere else
     assert mixed_loss(torch.tensor(3.0), torch.tensor(0.0), 1.0) == pytest.approx(2.0)  # (2 L + L') / 3
     assert ramp_up(0, 100) < 0.01 and ramp_up(100, 100) == 1.0
+
+
+def test_cpcl_waits_for_its_start_step_then_ramps_up_from_there():
+    """``--cpcl-start``: the plain loss alone until then (a barely trained model's confident answers are no evidence
+    against a label); from then on the same ramp-up as a run that starts with CPCL, shifted; 0 keeps the old schedule."""
+    late = TrainConfig("d", "o", cpcl_start=100, cpcl_rampup=50, cpcl_weight=0.5)
+    assert cpcl_weight_at(0, late) == cpcl_weight_at(99, late) == 0.0
+    assert cpcl_weight_at(100, late) == pytest.approx(0.5 * ramp_up(0, 50)) and 0 < cpcl_weight_at(100, late) < 0.01
+    assert cpcl_weight_at(125, late) == pytest.approx(0.5 * ramp_up(25, 50))
+    assert cpcl_weight_at(150, late) == cpcl_weight_at(10_000, late) == 0.5
+    from_zero = TrainConfig("d", "o", cpcl_rampup=50)
+    assert [cpcl_weight_at(s, from_zero) for s in (0, 25, 50)] == [ramp_up(s, 50) for s in (0, 25, 50)]
 
 
 @pytest.mark.slow
@@ -383,10 +396,10 @@ def test_options_out_of_range_are_refused_together_before_anything_is_written(tm
     """An empty batch or a negative learning rate would stop torch minutes in, with a traceback."""
     data = write_tiny_dataset(tmp_path / "data")
     cfg = TrainConfig(str(data), str(tmp_path / "run"), size="test", steps=0, batch=0, lr=-1e-3, lesion_fraction=1.5,
-                      loop=LoopConfig(cpcl_k=1))
+                      cpcl_start=-1, loop=LoopConfig(cpcl_k=1))
     with pytest.raises(SegAnyPetError) as info:
         train(cfg)
-    for named in ("--steps 0", "--batch 0", "--lr -0.001", "--lesion-fraction 1.5", "--cpcl-k 1"):
+    for named in ("--steps 0", "--batch 0", "--lr -0.001", "--lesion-fraction 1.5", "--cpcl-start -1", "--cpcl-k 1"):
         assert named in str(info.value)
     assert not (tmp_path / "run").exists()
 

@@ -375,6 +375,7 @@ def train(
     cpcl: Annotated[bool, typer.Option("--cpcl/--no-cpcl", help="Cross-prompting confident learning on noisy cases.")] = True,
     cpcl_k: Annotated[int, typer.Option("--cpcl-k", help="Prompt sets per noisy sample.")] = 5,
     cpcl_rampup: Annotated[int, typer.Option("--cpcl-rampup", help="Steps over which the CPCL weight ramps up to 1.")] = 2000,
+    cpcl_start: Annotated[int, typer.Option("--cpcl-start", help="Train with the plain loss until this step, then ramp CPCL up.")] = 0,
     rounds: Annotated[int, typer.Option("--rounds", help="Click rounds per sample.")] = 4,
     exclude: Annotated[list[str], typer.Option("--exclude", help="Label name or lesion site to leave out (repeatable).")] = [],  # noqa: B006
     seed: Annotated[int, typer.Option("--seed")] = 0,
@@ -405,7 +406,7 @@ def train(
     from seganypet.train import train as run
 
     config = TrainConfig(str(dataset), str(output), size=size, steps=steps, batch=batch, lr=lr, exclude=tuple(exclude),
-                         seed=seed, save_every=save_every, bf16=bf16, cpcl_rampup=cpcl_rampup, init=str(init) if init else None,
+                         seed=seed, save_every=save_every, bf16=bf16, cpcl_rampup=cpcl_rampup, cpcl_start=cpcl_start, init=str(init) if init else None,
                          warmup=warmup, workers=workers, lesion_fraction=lesion_fraction,
                          organ_weights=tuple(_name_weight(item) for item in organ_weight), suv_scale=suv_scale,
                          centre_clicks=centre_clicks, freeze_encoder=freeze_encoder,

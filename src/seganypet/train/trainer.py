@@ -52,6 +52,7 @@ class TrainConfig:
     bf16: str = "auto"  # autocast the step in bf16: auto (where bf16 units exist), on, off
     cpcl_rampup: int = 2000
     cpcl_weight: float = 1.0
+    cpcl_start: int = 0  # plain loss before this step: CPCL rectifies with the model's own answers, so let it learn first
     init: str | None = None  # start from these weights (fine-tuning, e.g. the shipped checkpoint)
     freeze_encoder: bool = False  # train the prompt encoder and mask decoder only (a cheaper fine-tune of --init)
     multimask: int = 0  # SAM's ambiguity masks for a lone click (0: the single mask only)
@@ -104,6 +105,12 @@ def _batches(data: TrainingData, config, cfg: TrainConfig, rank: int, start: int
         pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers else None, worker_init_fn=_ignore_sigterm)
     for crops, targets, noisy, clicks, loop_seed in loader:
         yield crops.to(device, non_blocking=True), targets.to(device, non_blocking=True), noisy.to(device), clicks, loop_seed
+
+
+def cpcl_weight_at(step: int, cfg: TrainConfig) -> float:
+    """The rectified label's weight in the loss at ``step``: none before ``cpcl_start`` (a barely trained model's
+    confident answers are not yet evidence against a label), then ramped up over ``cpcl_rampup`` steps."""
+    return 0.0 if step < cfg.cpcl_start else cfg.cpcl_weight * ramp_up(step - cfg.cpcl_start, cfg.cpcl_rampup)
 
 
 def _schedule(cfg: TrainConfig):
@@ -169,6 +176,7 @@ def _check_options(cfg: TrainConfig) -> None:
         ("centre-clicks", cfg.centre_clicks, 0 <= cfg.centre_clicks <= 1, "between 0 and 1"),
         ("cpcl-rampup", cfg.cpcl_rampup, cfg.cpcl_rampup >= 0, "not negative"),
         ("cpcl-weight", cfg.cpcl_weight, cfg.cpcl_weight >= 0, "not negative"),
+        ("cpcl-start", cfg.cpcl_start, cfg.cpcl_start >= 0, "not negative"),
         ("workers", cfg.workers, cfg.workers >= 0, "not negative"),
         ("multimask", cfg.multimask, cfg.multimask >= 0, "not negative"),
         ("rounds", cfg.loop.rounds, cfg.loop.rounds >= 1, "at least 1"),
@@ -244,7 +252,7 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
         try:
             while step < cfg.steps and not stop["now"]:
                 crops, targets, noisy, clicks, loop_seed = next(batches)
-                weight = cfg.cpcl_weight * ramp_up(step, cfg.cpcl_rampup)
+                weight = cpcl_weight_at(step, cfg)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
                     loss, stats = wrapped(crops, targets, noisy, loop_seed, weight, clicks)
                 optimizer.zero_grad(set_to_none=True)
