@@ -101,6 +101,8 @@ def test_cpcl_waits_for_its_start_step_then_ramps_up_from_there():
     assert cpcl_weight_at(150, late) == cpcl_weight_at(10_000, late) == 0.5
     from_zero = TrainConfig("d", "o", cpcl_rampup=50)
     assert [cpcl_weight_at(s, from_zero) for s in (0, 25, 50)] == [ramp_up(s, 50) for s in (0, 25, 50)]
+    plain = TrainConfig("d", "o", loop=LoopConfig(cpcl=False))
+    assert cpcl_weight_at(10_000, plain) == 0.0  # what log.jsonl records for a --no-cpcl run
 
 
 @pytest.mark.slow

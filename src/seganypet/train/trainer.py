@@ -110,7 +110,9 @@ def _batches(data: TrainingData, config, cfg: TrainConfig, rank: int, start: int
 def cpcl_weight_at(step: int, cfg: TrainConfig) -> float:
     """The rectified label's weight in the loss at ``step``: none before ``cpcl_start`` (a barely trained model's
     confident answers are not yet evidence against a label), then ramped up over ``cpcl_rampup`` steps."""
-    return 0.0 if step < cfg.cpcl_start else cfg.cpcl_weight * ramp_up(step - cfg.cpcl_start, cfg.cpcl_rampup)
+    if not cfg.loop.cpcl or step < cfg.cpcl_start:
+        return 0.0
+    return cfg.cpcl_weight * ramp_up(step - cfg.cpcl_start, cfg.cpcl_rampup)
 
 
 def _schedule(cfg: TrainConfig):
