@@ -55,8 +55,9 @@ def main() -> None:
     clicks = tuple(int(c) for c in args.clicks.split(","))
     methods = args.methods.split(",")
     outputs = [Path(args.output) / Path(d).name for d in args.dataset]
-    if len(set(outputs)) < len(outputs):
-        raise SystemExit("two datasets share a folder name: their results would mix")
+    shared = sorted({o.name for o in outputs if outputs.count(o) > 1})
+    if shared:
+        raise SystemExit(f"compare.py: two datasets are both named {shared[0]}: their results would mix in {args.output}")
     seconds = dict.fromkeys(methods, 0.0)
     for dataset, out in zip(args.dataset, outputs):
         for method in methods:

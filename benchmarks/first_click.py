@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 
 from seganypet.eval.metrics import dice, equivalent_diameter_mm  # noqa: E402
-from seganypet.eval.runner import SIZE_GROUPS, first_click_on, group_keys, group_of, read_case  # noqa: E402
+from seganypet.eval.runner import SIZE_GROUPS, first_click_on, group_keys, group_of, read_case, structure_order  # noqa: E402
 from seganypet.infer.crop import CropGeometry  # noqa: E402
 from seganypet.infer.session import Session, Target  # noqa: E402
 from seganypet.modeling import load_model  # noqa: E402
@@ -129,9 +129,8 @@ def main() -> None:
             for group in group_keys(row):
                 for rule, value in rules.items():
                     scores[group][rule].append(value)
-    order = ["organ mean", "lesion"] + sorted(g for g in scores if g not in ("organ mean", "lesion"))
     rows = [{"structure": g, "n": len(scores[g]["session"]), **{r: float(np.mean(v)) for r, v in scores[g].items()}}
-            for g in order if g in scores]
+            for g in sorted(scores, key=structure_order)]
     report("first_click", rows, {"datasets": args.dataset, "zooms": zooms, "checkpoint": args.checkpoint or "shipped"})
 
 

@@ -19,7 +19,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 
-from seganypet.eval.runner import group_keys, load_rows  # noqa: E402
+from seganypet.eval.runner import group_keys, load_rows, structure_order  # noqa: E402
 
 
 def dice_by_target(folder: str, method: str) -> dict[tuple, tuple[float, list[str]]]:
@@ -43,7 +43,7 @@ def main() -> None:
         raise SystemExit("--a and --b need the same number of folders (one per seed)")
     arms = [(dice_by_target(a, args.method), dice_by_target(b, args.method)) for a, b in zip(args.a, args.b)]
     keys = sorted(set.intersection(*(set(a) & set(b) for a, b in arms)))
-    groups = sorted({g for k in keys for g in arms[0][0][k][1]}, key=lambda g: (g not in ("organ mean", "lesion"), g))
+    groups = sorted({g for k in keys for g in arms[0][0][k][1]}, key=structure_order)
     rng = np.random.default_rng(0)
     rows = []
     for clicks in sorted({k[2] for k in keys}):

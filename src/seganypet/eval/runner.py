@@ -80,10 +80,9 @@ def group_keys(row: dict) -> list[str]:
     unseen-site experiment needs it)."""
     keys = [row["structure"]]
     if not row["size_group"]:
-        keys.append(ORGAN_MEAN)
-    if row["size_group"]:
-        keys.append(f"lesion {row['size_group']}")
-    if row["size_group"] and row.get("suvmax") is not None:  # rows written before uptake was recorded have none
+        return keys + [ORGAN_MEAN]
+    keys.append(f"lesion {row['size_group']}")
+    if row.get("suvmax") is not None:  # rows written before uptake was recorded have none
         keys.append(f"lesion {group_of(UPTAKE_GROUPS, row['suvmax'])}")
     if row.get("site"):
         keys.append(f"lesion in {row['site']}")
