@@ -282,6 +282,52 @@ def test_centre_clicks_put_the_first_click_where_people_click_deep_inside_the_ta
     assert np.mean(anywhere > 2.5) > 0.3
 
 
+def write_tube_dataset(folder: Path) -> Path:
+    """One case at 4 mm: a 30 cm tube along k (28 mm across, longer than the test model's 12.8 cm field) and a
+    compact block."""
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    i, j, _ = np.meshgrid(*[np.arange(n) for n in (40, 40, 150)], indexing="ij")
+    labels = np.zeros((40, 40, 150), np.uint8)
+    labels[:, :, 20:95][((i - 20) ** 2 + (j - 20) ** 2 <= 3.5**2)[:, :, 20:95]] = 1
+    labels[4:14, 26:36, 110:120] = 2
+    suv = (1 + 3 * (labels > 0)).astype(np.float32)
+    affine = np.diag([4.0, 4.0, 4.0, 1.0])
+    nib.save(nib.Nifti1Image(suv, affine), folder / "imagesTr" / "case0_0000.nii.gz")
+    nib.save(nib.Nifti1Image(labels, affine), folder / "labelsTr" / "case0.nii.gz")
+    (folder / "dataset.json").write_text(json.dumps({"channel_names": {"0": "PET"}, "file_ending": ".nii.gz",
+                                                     "labels": {"background": 0, "tube": 1, "block": 2}, "numTraining": 1}))
+    return folder
+
+
+def test_tube_crops_are_the_session_window_stretched_along_the_tube_and_compact_organs_keep_cubes(tmp_path):
+    """``tube_crops``: a tube's crop has the model's voxel across it and three times that along it (the window
+    ``Session._lengthwise`` redraws a tube in), so it holds at least 1.5 times the length of the tube that a cube
+    window of that voxel holds; its first click lies on the tube.
+    A compact organ is framed as before, and without the option no crop is stretched."""
+    data = TrainingData(write_tube_dataset(tmp_path / "Dataset001_Tube"), tmp_path / "cache")
+    config = build_model("test").config
+
+    def draws(tube_crops):
+        return [sample_crop(data, config, np.random.default_rng(seed), lesion_fraction=0.0, tube_crops=tube_crops)
+                for seed in range(60)]
+
+    stretched, plain = draws(1.0), draws(0.0)
+    for sample in stretched:
+        step_mm = np.asarray(sample.crop.step) * 4.0
+        if sample.name == "block":
+            assert np.ptp(step_mm) < 1e-6
+            continue
+        assert step_mm[2] == pytest.approx(3 * step_mm[0]) and step_mm[0] == pytest.approx(step_mm[1])
+        assert 0.87 * config.spacing_mm - 1e-6 <= step_mm[0] <= 1.15 * config.spacing_mm + 1e-6
+        width = np.ptp(np.argwhere(sample.target)[:, 0]) + 1
+        assert abs(width * step_mm[0] - 28) <= step_mm[0] + 1e-6  # the cross-section sampled at the model's voxel
+        assert sample.target.any(axis=(0, 1)).sum() * step_mm[2] >= 1.5 * config.crop_size * step_mm[0] - step_mm[2]
+        assert sample.click is not None and sample.target[sample.click]
+    assert 15 <= sum(s.name == "tube" for s in stretched) <= 45
+    assert all(np.ptp(np.asarray(s.crop.step)) < 1e-6 for s in plain)
+
+
 def test_a_weight_for_an_organ_the_dataset_lacks_is_a_clear_error(tmp_path):
     data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
     cfg = TrainConfig(str(data), str(tmp_path / "run"), size="test", steps=1, organ_weights=(("spleen", 2.0),))
@@ -398,10 +444,10 @@ def test_options_out_of_range_are_refused_together_before_anything_is_written(tm
     """An empty batch or a negative learning rate would stop torch minutes in, with a traceback."""
     data = write_tiny_dataset(tmp_path / "data")
     cfg = TrainConfig(str(data), str(tmp_path / "run"), size="test", steps=0, batch=0, lr=-1e-3, lesion_fraction=1.5,
-                      cpcl_start=-1, loop=LoopConfig(cpcl_k=1))
+                      cpcl_start=-1, tube_crops=2.0, loop=LoopConfig(cpcl_k=1))
     with pytest.raises(SegAnyPetError) as info:
         train(cfg)
-    for named in ("--steps 0", "--batch 0", "--lr -0.001", "--lesion-fraction 1.5", "--cpcl-start -1", "--cpcl-k 1"):
+    for named in ("--steps 0", "--batch 0", "--lr -0.001", "--lesion-fraction 1.5", "--cpcl-start -1", "--tube-crops 2", "--cpcl-k 1"):
         assert named in str(info.value)
     assert not (tmp_path / "run").exists()
 

@@ -389,6 +389,7 @@ def train(
     organ_weight: Annotated[list[str], typer.Option("--organ-weight", help="NAME=W: draw that organ W times as often as the others (repeatable).")] = [],  # noqa: B006
     suv_scale: Annotated[float, typer.Option("--suv-scale", help="Multiply each crop's SUV by a factor from 1/F to F (log-uniform).")] = 1.25,
     centre_clicks: Annotated[float, typer.Option("--centre-clicks", help="Share of first clicks at the target's centre (the rest: a random voxel of it).")] = 0.0,
+    tube_crops: Annotated[float, typer.Option("--tube-crops", help="Share of a tube's crops (aorta, spine) in the window the session stretches along it.")] = 0.0,
     freeze_encoder: Annotated[bool, typer.Option("--freeze-encoder", help="Train the prompt encoder and mask decoder only; the image encoder keeps its --init weights.")] = False,
     multimask: Annotated[int, typer.Option("--multimask", help="Ambiguity masks (SAM's) answering a lone click, beside the single mask; 0: none.")] = 0,
     multimask_only: Annotated[bool, typer.Option("--multimask-only", help="Train the ambiguity masks alone; every other weight keeps its --init value.")] = False,
@@ -409,7 +410,7 @@ def train(
                          seed=seed, save_every=save_every, bf16=bf16, cpcl_rampup=cpcl_rampup, cpcl_start=cpcl_start, init=str(init) if init else None,
                          warmup=warmup, workers=workers, lesion_fraction=lesion_fraction,
                          organ_weights=tuple(_name_weight(item) for item in organ_weight), suv_scale=suv_scale,
-                         centre_clicks=centre_clicks, freeze_encoder=freeze_encoder,
+                         centre_clicks=centre_clicks, tube_crops=tube_crops, freeze_encoder=freeze_encoder,
                          multimask=multimask, multimask_only=multimask_only, loop=LoopConfig(rounds=rounds, cpcl=cpcl, cpcl_k=cpcl_k))
     run(config, resume=resume)
 

@@ -25,6 +25,7 @@ from scipy import ndimage
 from seganypet.clicks import centre_of
 from seganypet.errors import SegAnyPetError
 from seganypet.infer.crop import CropGeometry
+from seganypet.infer.session import TUBE_ELONGATION, TUBE_STRETCH
 from seganypet.io import read_pet
 from seganypet.io.masks import read_label_map
 from seganypet.io.write import write_atomic
@@ -286,6 +287,7 @@ class Sample:
     noisy: bool
     name: str
     click: tuple[int, int, int] | None = None  # the first click (crop voxel) where the crop was centred on it
+    crop: CropGeometry | None = None  # where in the case the crop lies (before the flip)
 
 
 def choose_target(targets: list[TargetRef], rng: np.random.Generator, lesion_fraction: float = 0.4,
@@ -304,7 +306,7 @@ def choose_target(targets: list[TargetRef], rng: np.random.Generator, lesion_fra
 
 def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generator, lesion_fraction: float = 0.4,
                 max_zoom: float = 4.0, click_centred: float = 0.5, weights: dict[str, float] | None = None,
-                suv_scale: float = 1.25, centre_clicks: float = 0.0) -> Sample:
+                suv_scale: float = 1.25, centre_clicks: float = 0.0, tube_crops: float = 0.0) -> Sample:
     """One (case, target) crop, flipped left-right at random, its SUV multiplied by a factor drawn log-uniformly
     from 1/``suv_scale`` to ``suv_scale`` (calibration, uptake time, habitus and tracer move a lesion's SUV while
     its outline stays; with too narrow a spread the model learns an absolute SUV level for an edge). Two
@@ -321,12 +323,33 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
       voxels off it). That click is a random voxel of the target or, with probability ``centre_clicks``, its
       centre (the deepest voxel), where people click and the evaluation's first click lands. A random voxel
       seldom is: in a large organ it is rarely deep enough for the fine crop to lie wholly inside the organ,
-      and in a kidney it is rarely on the hot pelvis at its centre."""
+      and in a kidney it is rarely on the hot pelvis at its centre.
+
+    A third framing, for a tube (an organ longer than the model's field and ``TUBE_ELONGATION`` times longer along
+    one axis than across: the aorta, the spine), with probability ``tube_crops``: the window the session redraws a
+    tube in (``Session._lengthwise``), see :func:`_lengthwise_crop`."""
     cases = list(data.by_case)  # cases with at least one target left after exclusions
     target = choose_target(data.by_case[cases[rng.integers(len(cases))]], rng, lesion_fraction, weights)
     arrays = data.arrays(target.case)
     lo, hi = np.asarray(target.bbox[0], float), np.asarray(target.bbox[1], float)
     extent_mm = (hi - lo + 1) * arrays.spacing
+    axis = _tube_axis(target, extent_mm, config) if tube_crops > 0 else None
+    if axis is not None and rng.random() < tube_crops:  # no draw otherwise: the same crops as before
+        crop, mask, click = _lengthwise_crop(data, target, config, rng, axis, centre_clicks)
+    else:
+        crop, mask, click = _framed_crop(data, target, config, rng, extent_mm, max_zoom, click_centred, centre_clicks)
+    suv = crop.sample(arrays.suv) * np.exp(rng.uniform(-np.log(suv_scale), np.log(suv_scale)))
+    if rng.random() < 0.5:
+        suv, mask = suv[::-1].copy(), mask[::-1].copy()
+        click = (config.crop_size - 1 - click[0], *click[1:]) if click else None
+    return Sample(suv, mask, arrays.noisy, target.name, click, crop)
+
+
+def _framed_crop(data: TrainingData, target: TargetRef, config: ModelConfig, rng: np.random.Generator,
+                 extent_mm: np.ndarray, max_zoom: float, click_centred: float, centre_clicks: float):
+    """The fitted or the click-centred framing of :func:`sample_crop`: (crop, target mask, first click or None)."""
+    arrays = data.arrays(target.case)
+    lo, hi = np.asarray(target.bbox[0], float), np.asarray(target.bbox[1], float)
     zoom = np.clip(extent_mm.max() / (0.75 * config.field_of_view_mm), config.min_zoom, max_zoom) * rng.uniform(0.87, 1.15)
     zoom = max(zoom, 0.87 * config.min_zoom)
     centre = (lo + hi) / 2 + rng.normal(0, 0.1, 3) * (hi - lo + 1)
@@ -349,8 +372,47 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
         voxel = tuple(int(v) for v in np.clip(np.round(centred.to_crop(point)), 0, config.crop_size - 1))
         if centred_mask[voxel]:
             crop, mask, click = centred, centred_mask, voxel
-    suv = crop.sample(arrays.suv) * np.exp(rng.uniform(-np.log(suv_scale), np.log(suv_scale)))
-    if rng.random() < 0.5:
-        suv, mask = suv[::-1].copy(), mask[::-1].copy()
-        click = (config.crop_size - 1 - click[0], *click[1:]) if click else None
-    return Sample(suv, mask, arrays.noisy, target.name, click)
+    return crop, mask, click
+
+
+def _tube_axis(target: TargetRef, extent_mm: np.ndarray, config: ModelConfig) -> int | None:
+    """The axis an organ runs along if it is a tube by the session's test: longer than the model's field along one
+    axis and ``TUBE_ELONGATION`` times longer along it than across (the aorta, the spine; not the lungs or liver)."""
+    axis = int(np.argmax(extent_mm))
+    if target.kind != "class" or extent_mm[axis] <= config.field_of_view_mm:
+        return None
+    return axis if extent_mm[axis] >= TUBE_ELONGATION * np.delete(extent_mm, axis).max() else None
+
+
+def _lengthwise_crop(data: TrainingData, target: TargetRef, config: ModelConfig, rng: np.random.Generator, axis: int,
+                     centre_clicks: float):
+    """A tube's window as the session redraws it: ``TUBE_STRETCH`` times the model's voxel along the tube and the
+    model's voxel (+-15 %) across, around a first click inside it (its deepest voxel with probability
+    ``centre_clicks``, else a random one). As in the session, the window is centred along the tube on the part of
+    it that a cube window around the click holds (the first answer), +- a sixteenth of its length.
+
+    Without it the model meets such windows only at inference and answers a tube with a piece of it (model card,
+    sessions 30-31): in cube crops at the model's scale a tube always fills the window along its length, so the
+    model never learns where a tube ends."""
+    arrays = data.arrays(target.case)
+    lo, hi = target.bbox
+    inside = np.asarray(arrays.labels[tuple(slice(a, b + 1) for a, b in zip(lo, hi))]) == target.value
+    if centre_clicks > 0 and rng.random() < centre_clicks:
+        voxel = np.asarray(centre_of(inside, arrays.spacing))
+    else:
+        coords = np.argwhere(inside)
+        voxel = coords[rng.integers(len(coords))]
+    point = (voxel + np.asarray(lo)).astype(float)
+    step_mm = np.full(3, config.spacing_mm * rng.uniform(0.87, 1.15))
+    half = step_mm[axis] * config.crop_size / 2 / arrays.spacing[axis]  # the cube window's half-length, image voxels
+    seen = max(point[axis] - half, lo[axis]), min(point[axis] + half, hi[axis])  # the tube in it: the first answer
+    step_mm[axis] *= TUBE_STRETCH
+    centre = point.copy()
+    centre[axis] = np.mean(seen) + rng.uniform(-1, 1) / 16 * TUBE_STRETCH * 2 * half
+    crop = CropGeometry.centred(centre, arrays.spacing, step_mm, config.crop_size)
+    mask = data.target_mask(target, crop)
+    if not mask.any():
+        return crop, mask, None
+    inside = np.argwhere(mask)  # the click on the crop's grid: the tube voxel nearest (in mm) to where it was drawn
+    nearest = inside[np.argmin((((inside - crop.to_crop(point)) * step_mm) ** 2).sum(1))]
+    return crop, mask, tuple(int(v) for v in nearest)

@@ -49,6 +49,7 @@ class TrainConfig:
     organ_weights: tuple[tuple[str, float], ...] = ()  # (label name, weight): organs drawn in proportion (default 1)
     suv_scale: float = 1.25  # crops' SUV multiplied by a log-uniform factor in [1/suv_scale, suv_scale]
     centre_clicks: float = 0.0  # share of click-centred crops whose first click is the target's centre
+    tube_crops: float = 0.0  # share of a tube's crops (aorta, spine) in the session's window stretched along it
     bf16: str = "auto"  # autocast the step in bf16: auto (where bf16 units exist), on, off
     cpcl_rampup: int = 2000
     cpcl_weight: float = 1.0
@@ -83,7 +84,8 @@ class StepBatches(torch.utils.data.Dataset):
     def __getitem__(self, step: int):
         rng = np.random.default_rng([self.cfg.seed, self.rank, step])
         samples = [sample_crop(self.data, self.config, rng, self.cfg.lesion_fraction, weights=self.weights,
-                               suv_scale=self.cfg.suv_scale, centre_clicks=self.cfg.centre_clicks)
+                               suv_scale=self.cfg.suv_scale, centre_clicks=self.cfg.centre_clicks,
+                               tube_crops=self.cfg.tube_crops)
                    for _ in range(self.cfg.batch)]
         crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None]
         targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None]
@@ -176,6 +178,7 @@ def _check_options(cfg: TrainConfig) -> None:
         ("lesion-fraction", cfg.lesion_fraction, 0 <= cfg.lesion_fraction <= 1, "between 0 and 1"),
         ("suv-scale", cfg.suv_scale, cfg.suv_scale >= 1, "at least 1"),
         ("centre-clicks", cfg.centre_clicks, 0 <= cfg.centre_clicks <= 1, "between 0 and 1"),
+        ("tube-crops", cfg.tube_crops, 0 <= cfg.tube_crops <= 1, "between 0 and 1"),
         ("cpcl-rampup", cfg.cpcl_rampup, cfg.cpcl_rampup >= 0, "not negative"),
         ("cpcl-weight", cfg.cpcl_weight, cfg.cpcl_weight >= 0, "not negative"),
         ("cpcl-start", cfg.cpcl_start, cfg.cpcl_start >= 0, "not negative"),
