@@ -14,7 +14,8 @@ inside the image (else the widest): the best one (the oracle: what a perfect cho
 IoU head's highest score, a perfect IoU head (the true IoU inside each window: what training the head better could
 reach at most), SAM's stability score (voxels above logit +1 over those above -1), the sharpest edge in SUV (the
 session's own cue: mean SUV on the answer's inner border minus that on its outer border), the answer that agrees best
-(mean Dice) with the other free ones, and the free windows' logits averaged. Writes results/first_click.json.
+(mean Dice) with the other free ones, the free windows' logits averaged, and the answer (the session's or a free
+window's) that agrees best with region growing from the same click (beside region growing's own Dice). Writes results/first_click.json.
 """
 
 from __future__ import annotations
@@ -30,12 +31,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from _common import report  # noqa: E402
 
+from seganypet.baselines import segment_classical  # noqa: E402
 from seganypet.eval.metrics import dice, equivalent_diameter_mm  # noqa: E402
 from seganypet.eval.runner import SIZE_GROUPS, first_click_on, group_keys, group_of, read_case, structure_order  # noqa: E402
 from seganypet.infer.crop import CropGeometry  # noqa: E402
 from seganypet.infer.session import Session, Target  # noqa: E402
 from seganypet.modeling import load_model  # noqa: E402
 from seganypet.progress import track  # noqa: E402
+from seganypet.prompts import Prompts  # noqa: E402
 from seganypet.train.data import case_targets, label_names, list_cases, read_dataset_json  # noqa: E402
 
 
@@ -85,6 +88,8 @@ def score_first_click(session: Session, click: np.ndarray, truth: np.ndarray, zo
     def agreement(a: dict) -> float:
         return float(np.mean([dice(a["mask"], b["mask"]) for b in free if b is not a] or [0.0]))
 
+    grown = segment_classical(session.image, Prompts(positive=[tuple(int(v) for v in click)]), "region-growing")
+
     return {
         "session": dice(session.mask, truth),
         **{f"z{a['zoom']:g}": a["dice"] for a in answers},
@@ -98,6 +103,9 @@ def score_first_click(session: Session, click: np.ndarray, truth: np.ndarray, zo
         "SUV edge free": max(free, key=lambda a: a["edge"])["dice"],
         "agreement free": max(free, key=agreement)["dice"],
         "mean logits free": full_dice(np.nansum(np.stack([a["logits"] for a in free]), 0) > 0),  # the mean's sign
+        "region growing": dice(grown, truth),
+        "region growing agreement": max([(dice(a["mask"], grown[region]), a["dice"]) for a in free]
+                                        + [(dice(session.mask, grown), dice(session.mask, truth))])[1],
     }
 
 
