@@ -413,6 +413,6 @@ def _lengthwise_crop(data: TrainingData, target: TargetRef, config: ModelConfig,
     mask = data.target_mask(target, crop)
     if not mask.any():
         return crop, mask, None
-    inside = np.argwhere(mask)  # the click on the crop's grid: the tube voxel nearest (in mm) to where it was drawn
-    nearest = inside[np.argmin((((inside - crop.to_crop(point)) * step_mm) ** 2).sum(1))]
+    on_tube = np.argwhere(mask)  # the click on the crop's grid: the tube voxel nearest (in mm) to where it was drawn
+    nearest = on_tube[np.argmin((((on_tube - crop.to_crop(point)) * step_mm) ** 2).sum(1))]
     return crop, mask, tuple(int(v) for v in nearest)
