@@ -15,7 +15,8 @@ IoU head's highest score, a perfect IoU head (the true IoU inside each window: w
 reach at most), SAM's stability score (voxels above logit +1 over those above -1), the sharpest edge in SUV (the
 session's own cue: mean SUV on the answer's inner border minus that on its outer border), the answer that agrees best
 (mean Dice) with the other free ones, the free windows' logits averaged, and the answer (the session's or a free
-window's) that agrees best with region growing from the same click (beside region growing's own Dice). Writes results/first_click.json.
+window's) that agrees best with region growing from the same click (beside region growing's own Dice). Writes
+results/first_click.json.
 """
 
 from __future__ import annotations
@@ -89,7 +90,6 @@ def score_first_click(session: Session, click: np.ndarray, truth: np.ndarray, zo
         return float(np.mean([dice(a["mask"], b["mask"]) for b in free if b is not a] or [0.0]))
 
     grown = segment_classical(session.image, Prompts(positive=[tuple(int(v) for v in click)]), "region-growing")
-
     return {
         "session": dice(session.mask, truth),
         **{f"z{a['zoom']:g}": a["dice"] for a in answers},

@@ -331,13 +331,11 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
     cases = list(data.by_case)  # cases with at least one target left after exclusions
     target = choose_target(data.by_case[cases[rng.integers(len(cases))]], rng, lesion_fraction, weights)
     arrays = data.arrays(target.case)
-    lo, hi = np.asarray(target.bbox[0], float), np.asarray(target.bbox[1], float)
-    extent_mm = (hi - lo + 1) * arrays.spacing
-    axis = _tube_axis(target, extent_mm, config) if tube_crops > 0 else None
+    axis = _tube_axis(target, arrays.spacing, config) if tube_crops > 0 else None
     if axis is not None and rng.random() < tube_crops:  # no draw otherwise: the same crops as before
         crop, mask, click = _lengthwise_crop(data, target, config, rng, axis, centre_clicks)
     else:
-        crop, mask, click = _framed_crop(data, target, config, rng, extent_mm, max_zoom, click_centred, centre_clicks)
+        crop, mask, click = _framed_crop(data, target, config, rng, max_zoom, click_centred, centre_clicks)
     suv = crop.sample(arrays.suv) * np.exp(rng.uniform(-np.log(suv_scale), np.log(suv_scale)))
     if rng.random() < 0.5:
         suv, mask = suv[::-1].copy(), mask[::-1].copy()
@@ -346,10 +344,11 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
 
 
 def _framed_crop(data: TrainingData, target: TargetRef, config: ModelConfig, rng: np.random.Generator,
-                 extent_mm: np.ndarray, max_zoom: float, click_centred: float, centre_clicks: float):
+                 max_zoom: float, click_centred: float, centre_clicks: float):
     """The fitted or the click-centred framing of :func:`sample_crop`: (crop, target mask, first click or None)."""
     arrays = data.arrays(target.case)
     lo, hi = np.asarray(target.bbox[0], float), np.asarray(target.bbox[1], float)
+    extent_mm = (hi - lo + 1) * arrays.spacing
     zoom = np.clip(extent_mm.max() / (0.75 * config.field_of_view_mm), config.min_zoom, max_zoom) * rng.uniform(0.87, 1.15)
     zoom = max(zoom, 0.87 * config.min_zoom)
     centre = (lo + hi) / 2 + rng.normal(0, 0.1, 3) * (hi - lo + 1)
@@ -375,9 +374,10 @@ def _framed_crop(data: TrainingData, target: TargetRef, config: ModelConfig, rng
     return crop, mask, click
 
 
-def _tube_axis(target: TargetRef, extent_mm: np.ndarray, config: ModelConfig) -> int | None:
+def _tube_axis(target: TargetRef, spacing: np.ndarray, config: ModelConfig) -> int | None:
     """The axis an organ runs along if it is a tube by the session's test: longer than the model's field along one
     axis and ``TUBE_ELONGATION`` times longer along it than across (the aorta, the spine; not the lungs or liver)."""
+    extent_mm = (np.asarray(target.bbox[1]) - target.bbox[0] + 1) * spacing
     axis = int(np.argmax(extent_mm))
     if target.kind != "class" or extent_mm[axis] <= config.field_of_view_mm:
         return None
