@@ -37,6 +37,7 @@ from seganypet.eval.metrics import dice, equivalent_diameter_mm  # noqa: E402
 from seganypet.eval.runner import SIZE_GROUPS, first_click_on, group_keys, group_of, read_case, structure_order  # noqa: E402
 from seganypet.infer.crop import CropGeometry  # noqa: E402
 from seganypet.infer.session import Session, Target  # noqa: E402
+from seganypet.io import Reorientation  # noqa: E402
 from seganypet.modeling import load_model  # noqa: E402
 from seganypet.progress import track  # noqa: E402
 from seganypet.prompts import Prompts  # noqa: E402
@@ -125,6 +126,9 @@ def main() -> None:
         meta = read_dataset_json(folder)
         names = label_names(meta)
         image, labels, instances, sites = read_case(folder, case, args.split, meta, names)
+        orient = Reorientation.to_lps(image)  # the windows below are the session's own, in the model's axes
+        image, labels = orient.image(image), orient.array(labels)
+        instances = None if instances is None else orient.array(instances)
         session.set_image(image)
         for index, target in enumerate(case_targets(case, labels, instances, names, sites)):
             truth = (instances if target.kind == "instance" else labels) == target.value

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 
 from conftest import write_series
 from seganypet import SegAnyPetError
-from seganypet.io import PetImage, read_pet, write_nifti
+from seganypet.io import PetImage, Reorientation, read_pet, write_nifti
 from seganypet.io.dicom_seg import read_dicom_seg, write_dicom_seg
 from seganypet.io.dicom_write import AcquisitionInfo, write_pet_dicom
 
@@ -346,3 +346,30 @@ def test_written_files_are_readable_like_any_other(tmp_path):
     os.umask(umask)
     assert stat.S_IMODE((tmp_path / "out.nii.gz").stat().st_mode) == 0o666 & ~umask
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary left behind
+
+
+@pytest.mark.parametrize("codes", ["LPS", "LAS", "RAS", "SAL", "PIL", "ASR"])
+def test_reorientation_turns_any_voxel_order_into_the_models_and_maps_points_and_boxes_both_ways(codes):
+    """The model's order is DICOM's axial one: i to the patient's left, j to the back, k to the head. PIL and ASR are
+    cyclic permutations, whose inverse is not themselves."""
+    rng = np.random.default_rng(1)
+    affine = np.diag([2.0, 3.0, 4.0, 1.0])
+    affine[:3, 3] = (5.0, -7.0, 11.0)
+    model_order = PetImage(rng.random((7, 9, 11)).astype(np.float32), affine, "LPS")
+    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(model_order.affine_in("RAS")),
+                                           nib.orientations.axcodes2ornt(tuple(codes)))
+    written = PetImage(nib.orientations.apply_orientation(model_order.array, ornt),
+                       model_order.affine_in("RAS") @ nib.orientations.inv_ornt_aff(ornt, model_order.shape), "RAS")
+    orient = Reorientation.to_lps(written)
+    turned = orient.image(written)
+    assert np.array_equal(turned.array, model_order.array)
+    assert np.allclose(turned.affine_in("LPS"), model_order.affine) and np.allclose(turned.spacing, [2, 3, 4])
+    point = np.array([1.25, 2.0, 3.5])
+    assert np.allclose(turned.voxel_to_world(orient.point(point)), written.voxel_to_world(point))
+    assert np.allclose(orient.point_back(orient.point(point)), point)
+    box = (slice(1, 3), slice(2, 5), slice(0, 4))
+    drawn = np.zeros(written.shape, bool)
+    orient.array(drawn)[box] = True  # a view: written through to the input's grid
+    expected = np.zeros(written.shape, bool)
+    expected[orient.region_back(box)] = True
+    assert np.array_equal(drawn, expected) and drawn.sum() == 2 * 3 * 4

@@ -522,3 +522,22 @@ def test_fit_iou_head_fits_only_the_head_reports_held_out_cases_and_reuses_its_c
     nib.save(nib.Nifti1Image(np.zeros(nib.load(label).shape, np.uint8), nib.load(label).affine), label)
     with pytest.raises(SegAnyPetError, match="no labelled targets in the held-out cases"):
         iou_head.fit_iou_head(data, multi, tmp_path / "unlabelled", epochs=1)
+
+
+def test_a_dataset_in_another_voxel_order_trains_on_the_same_crops(tmp_path):
+    """Training reads each case in the axes the session answers in (``io.Reorientation``), so a dataset written by
+    dcm2niix (j to the front) or slices-first trains the model exactly as one in DICOM's order does."""
+    data = write_tiny_dataset(tmp_path / "Dataset001_Tiny")
+    turned = tmp_path / "Dataset002_Turned"
+    shutil.copytree(data, turned)
+    for path in turned.rglob("*.nii.gz"):
+        img = nib.load(path)
+        ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
+                                               nib.orientations.axcodes2ornt(("S", "A", "L")))
+        nib.save(img.as_reoriented(ornt), path)
+    assert nib.aff2axcodes(nib.load(turned / "labelsTr" / "case0.nii.gz").affine) == ("S", "A", "L")
+    original, other = TrainingData(data, tmp_path / "cache1"), TrainingData(turned, tmp_path / "cache2")
+    assert [t.__dict__ for t in original.targets] == [t.__dict__ for t in other.targets]
+    for seed in range(8):
+        a, b = (sample_crop(d, PRESETS["test"], np.random.default_rng(seed)) for d in (original, other))
+        assert np.array_equal(a.suv, b.suv) and np.array_equal(a.target, b.target) and a.click == b.click, seed

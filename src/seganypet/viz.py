@@ -14,10 +14,9 @@ import matplotlib
 
 matplotlib.use("Agg")  # no display on servers; set before pyplot is imported
 import matplotlib.pyplot as plt  # noqa: E402
-import nibabel as nib  # noqa: E402
 import numpy as np  # noqa: E402
 
-from seganypet.io.image import PetImage  # noqa: E402
+from seganypet.io import PetImage, Reorientation  # noqa: E402
 from seganypet.io.write import write_atomic  # noqa: E402
 
 
@@ -26,10 +25,8 @@ def to_lps_canonical(image: PetImage, *arrays: np.ndarray) -> tuple[list[np.ndar
 
     Returns the arrays and the spacing along the new axes.
     """
-    ornt = nib.orientations.io_orientation(image.affine_in("LPS"))
-    out = [nib.orientations.apply_orientation(a, ornt) for a in arrays]
-    spacing = image.spacing[ornt[:, 0].astype(int)]
-    return out, spacing
+    orient = Reorientation.to_lps(image)
+    return [orient.array(a) for a in arrays], orient.image(image).spacing
 
 
 def _colors(n: int) -> list:

@@ -6,7 +6,9 @@ only when the crop moves), feeds the previous mask back as a prompt, and writes 
 into a target buffer in the full image's grid, one label per target.
 
 Coordinates: ``(x, y, z)`` = voxel indices ``(i, j, k)`` of the input file (floats allowed),
-or millimetres in the file's space with ``coords="mm"``.
+or millimetres in the file's space with ``coords="mm"``. Inside, the session works on the image
+turned to the axis order the model was trained in (``io.Reorientation``: a view, nothing resampled);
+prompts are mapped in and the buffer, its regions and the masks are the input's own.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from scipy import ndimage
 
 from seganypet.errors import SegAnyPetError
 from seganypet.infer.crop import CropGeometry, Region
-from seganypet.io.image import PetImage
+from seganypet.io.image import PetImage, Reorientation
 from seganypet.modeling import ImageEmbedding, SegAnyPet, load_model, normalise_suv
 from seganypet.prompts import Coords, Prompts, as_numbers
 
@@ -54,17 +56,18 @@ class Target:
     """One object being segmented: its prompts and its last prediction."""
 
     label: int
-    points: list[tuple[np.ndarray, bool]] = field(default_factory=list)  # (image ijk, positive)
+    points: list[tuple[np.ndarray, bool]] = field(default_factory=list)  # (ijk in the model's axes, positive)
     box: tuple[np.ndarray, np.ndarray] | None = None
     crop: CropGeometry | None = None
     logits: torch.Tensor | None = None  # (1, 1, L, L, L) low-res logits of the last prediction, in `crop`
     score: float = float("nan")  # the IoU head's estimate for the last prediction
-    bbox: Region | None = None  # bounding box of the target's voxels in the buffer
+    bbox: Region | None = None  # bounding box of the target's voxels, in the model's axes
 
 
 @dataclass
 class Interaction:
-    """What one prompt changed: the target's label, the model's IoU estimate, and the buffer region rewritten."""
+    """What one prompt changed: the target's label, the model's IoU estimate, the buffer region rewritten (the input's
+    axes) and the window the model answered in (on the image turned to the model's axes)."""
 
     label: int
     score: float
@@ -106,6 +109,10 @@ class Session:
         self.image: PetImage | None = None
         self.target_buffer: np.ndarray | None = None
         self.encoder_calls = 0
+        # the model's view of both: i, j, k to the patient's left, back and head, as it was trained (io.Reorientation)
+        self._orient: Reorientation | None = None
+        self._image: PetImage | None = None
+        self._labels: np.ndarray | None = None
         self._input: np.ndarray | None = None
         self._embeddings: OrderedDict[CropGeometry, ImageEmbedding] = OrderedDict()
         self._targets: dict[int, Target] = {}
@@ -123,9 +130,12 @@ class Session:
         if target_buffer is not None and target_buffer.shape != image.shape:
             raise SegAnyPetError(f"target buffer shape {target_buffer.shape} differs from the image's {image.shape}")
         self.image = image
-        self._input = normalise_suv(image.array)
+        self._orient = Reorientation.to_lps(image)
+        self._image = self._orient.image(image)
+        self._input = np.ascontiguousarray(normalise_suv(self._image.array))
         self._embeddings.clear()
         self.target_buffer = target_buffer if target_buffer is not None else np.zeros(image.shape, np.uint16)
+        self._labels = self._orient.array(self.target_buffer)
         self.reset()
 
     def reset(self) -> None:
@@ -180,9 +190,9 @@ class Session:
         if not self._history:
             return None
         step = self._history.pop()
-        self.target_buffer[step.region] = step.before
+        self._labels[step.region] = step.before
         self._targets[step.target.label] = self._current = step.target
-        return step.region
+        return self._orient.region_back(step.region)
 
     # ---- internals ------------------------------------------------------------------------------
     def _require_image(self) -> None:
@@ -199,7 +209,7 @@ class Session:
             shown = ",".join(f"{v:g}" for v in np.asarray(xyz, float).reshape(3))
             raise SegAnyPetError(f"{what} {shown} ({coords}) lies outside the volume of "
                                  f"{'x'.join(map(str, self.image.shape))} voxels", self.image.source)
-        return ijk
+        return self._orient.point(ijk)
 
     def _apply(self, change) -> Interaction:
         """Change the current target's prompts and predict; the untouched copy is kept for undo
@@ -226,9 +236,9 @@ class Session:
 
     def _fitted_crop(self, lo: np.ndarray, hi: np.ndarray, min_zoom: float = 1.0) -> CropGeometry:
         config = self.model.config
-        extent_mm = (hi - lo + 1) * self.image.spacing
+        extent_mm = (hi - lo + 1) * self._image.spacing
         zoom = float(np.clip(extent_mm.max() / (FIT_FRACTION * config.field_of_view_mm), min_zoom, self.max_zoom))
-        return CropGeometry.centred((lo + hi) / 2, self.image.spacing, config.spacing_mm * zoom, config.crop_size)
+        return CropGeometry.centred((lo + hi) / 2, self._image.spacing, config.spacing_mm * zoom, config.crop_size)
 
     def _zoom(self, crop: CropGeometry) -> float:
         """The crop's voxel size as a multiple of the model's spacing: a stretched window's finest, a cube's on its
@@ -237,7 +247,7 @@ class Session:
         return float(min(step[0], step.min() * (1 + 1e-3)) / self.model.config.spacing_mm)
 
     def _step_mm(self, crop: CropGeometry) -> np.ndarray:
-        return np.asarray(crop.step) * self.image.spacing
+        return np.asarray(crop.step) * self._image.spacing
 
     def _stretched(self, crop: CropGeometry) -> bool:
         step = self._step_mm(crop)
@@ -275,7 +285,7 @@ class Session:
             return None
         log.debug("target %d: a click beyond the target's window: answered in its own", target.label)
         config = self.model.config
-        return CropGeometry.centred(target.points[-1][0], self.image.spacing, config.spacing_mm, config.crop_size)
+        return CropGeometry.centred(target.points[-1][0], self._image.spacing, config.spacing_mm, config.crop_size)
 
     def _choose_crop(self, target: Target) -> CropGeometry:
         if target.crop is not None and self._zoom(target.crop) >= 1 and self._keeps(target):
@@ -303,7 +313,7 @@ class Session:
         if target.bbox is None:
             return None
         # nearest-neighbour on the label buffer itself: reads only the voxels under the crop
-        inside = self._low_res(crop).sample(self.target_buffer, order=0) == target.label
+        inside = self._low_res(crop).sample(self._labels, order=0) == target.label
         return self._as_mask_prompt(inside) if inside.any() else None
 
     def _low_res(self, crop: CropGeometry) -> CropGeometry:
@@ -364,7 +374,7 @@ class Session:
 
     def _exit_axes(self, crop: CropGeometry, crop_mask: np.ndarray) -> set[int]:
         """The axes through whose faces inside the image ``crop_mask`` runs out of the crop."""
-        return {axis for axis, face in crop.border_faces_inside(self.image.shape)
+        return {axis for axis, face in crop.border_faces_inside(self._image.shape)
                 if np.take(crop_mask, [0 if face == 0 else -1], axis=axis).any()}
 
     def _touches_border(self, crop: CropGeometry, crop_mask: np.ndarray) -> bool:
@@ -440,7 +450,7 @@ class Session:
         hi = max(crop.to_image(coords.max(0))[axis], prompt_hi[axis])
         centre, step_mm = crop.centre, self._step_mm(crop)
         centre[axis], step_mm[axis] = (lo + hi) / 2, step_mm[axis] * TUBE_STRETCH
-        long = CropGeometry.centred(centre, self.image.spacing, step_mm, crop.size)
+        long = CropGeometry.centred(centre, self._image.spacing, step_mm, crop.size)
         inside = self._resampled(crop_logits, crop, long)
         long_logits, long_score = self._decode(target, long, None)
         if _kept(long_logits, inside) < KEEP_WHEN_WIDER:
@@ -517,25 +527,25 @@ class Session:
     def _edge(self, crop: CropGeometry, crop_logits: np.ndarray) -> tuple[float, int]:
         """A prediction's mean SUV on its inner border minus that on its outer border, and its voxel count, both on
         the image's own voxels."""
-        footprint, values = crop.paste(crop_logits, self.image.shape)
+        footprint, values = crop.paste(crop_logits, self._image.shape)
         mask = np.pad(values > 0, 1)  # a border on the footprint's edge still has an outside
-        suv = np.pad(np.asarray(self.image.array[footprint], np.float32), 1, mode="edge")
+        suv = np.pad(np.asarray(self._image.array[footprint], np.float32), 1, mode="edge")
         inner = mask & ~ndimage.binary_erosion(mask)
         outer = ndimage.binary_dilation(mask) & ~mask
         return (float(suv[inner].mean() - suv[outer].mean()) if inner.any() else -np.inf), int(mask.sum())
 
     def _write(self, target: Target, before: Target, crop: CropGeometry, crop_logits: np.ndarray, logits: torch.Tensor,
                score: float) -> Interaction:
-        footprint, values = crop.paste(crop_logits, self.image.shape)
+        footprint, values = crop.paste(crop_logits, self._image.shape)
         # the window rewrites the target inside it and nowhere else: that is all undo keeps and the caller redraws
-        self._history.append(_Step(before, footprint, self.target_buffer[footprint].copy()))
-        view = self.target_buffer[footprint]
+        self._history.append(_Step(before, footprint, self._labels[footprint].copy()))
+        view = self._labels[footprint]
         view[view == target.label] = 0
         view[values > 0] = target.label
         target.crop, target.logits, target.score = crop, logits, score
         region = _union(footprint, target.bbox)  # the target's new extent lies within its old one and the window
-        target.bbox = _bbox(self.target_buffer[region] == target.label, region)
-        return Interaction(target.label, score, footprint, crop)
+        target.bbox = _bbox(self._labels[region] == target.label, region)
+        return Interaction(target.label, score, self._orient.region_back(footprint), crop)
 
 
 def _holds(crop: CropGeometry, points, margin: float = KEEP_MARGIN) -> bool:

@@ -12,7 +12,7 @@ import numpy as np
 
 from seganypet.errors import SegAnyPetError
 from seganypet.io.dicom import list_series, read_dicom_series
-from seganypet.io.image import PetImage, PetMetadata
+from seganypet.io.image import PetImage, PetMetadata, Reorientation
 from seganypet.io.volume import bqml_to_suvbw, is_volume_file, read_volume
 from seganypet.io.write import atomic_path, write_atomic, write_nifti
 
@@ -22,6 +22,7 @@ SUV_P99_CEILING = 100.0  # a 99th percentile above this is not SUVbw
 __all__ = [
     "PetImage",
     "PetMetadata",
+    "Reorientation",
     "SegAnyPetError",
     "atomic_path",
     "list_series",

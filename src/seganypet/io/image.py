@@ -16,6 +16,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
+import nibabel as nib
 import numpy as np
 
 Space = Literal["RAS", "LPS"]
@@ -109,3 +110,51 @@ class PetImage:
         if array.shape != self.array.shape:
             raise ValueError(f"array shape {array.shape} differs from image shape {self.array.shape}")
         return replace(self, array=array, units=units or self.units)
+
+
+@dataclass(frozen=True)
+class Reorientation:
+    """The axis permutation and flips that turn an image's voxel axes into i to the patient's left, j to the back, k
+    to the head: DICOM's axial order, the order the phantoms are written in and so the one the model was trained in.
+
+    A NIfTI from dcm2niix runs j to the front, one written by numpy users often runs k first. The model reads a crop
+    in the image's own voxel axes, and on an AP-flipped phantom its first clicks on the kidneys, spleen and spine fall
+    from Dice 0.83-0.95 to 0.10-0.46; so the session works on this view of the image. Nothing is resampled, arrays
+    come back as views (writes go through to the caller's buffer), and points and regions are mapped both ways."""
+
+    ornt: np.ndarray  # nibabel's orientation: for each input axis, the LPS axis it runs along and +1 or -1
+    shape: tuple[int, int, int]  # the input's shape
+
+    @classmethod
+    def to_lps(cls, image: PetImage) -> Reorientation:
+        return cls(nib.orientations.io_orientation(image.affine_in("LPS")), image.shape)
+
+    def array(self, array: np.ndarray) -> np.ndarray:
+        return nib.orientations.apply_orientation(array, self.ornt)
+
+    def image(self, image: PetImage) -> PetImage:
+        """The image in LPS order, the same voxels in the same world space."""
+        affine = image.affine @ nib.orientations.inv_ornt_aff(self.ornt, self.shape)
+        return replace(image, array=self.array(image.array), affine=affine)
+
+    def point(self, ijk) -> np.ndarray:
+        """Input voxel position (continuous) -> the same voxel's position in LPS order."""
+        ijk, out = np.asarray(ijk, float), np.empty(3)
+        for axis, (new_axis, flip) in enumerate(self.ornt.astype(int)):
+            out[new_axis] = ijk[axis] if flip == 1 else self.shape[axis] - 1 - ijk[axis]
+        return out
+
+    def point_back(self, ijk) -> np.ndarray:
+        """A voxel position in LPS order -> the same voxel's position in the input."""
+        ijk, out = np.asarray(ijk, float), np.empty(3)
+        for axis, (new_axis, flip) in enumerate(self.ornt.astype(int)):
+            out[axis] = ijk[new_axis] if flip == 1 else self.shape[axis] - 1 - ijk[new_axis]
+        return out
+
+    def region_back(self, region: tuple[slice, slice, slice]) -> tuple[slice, slice, slice]:
+        """A box of the LPS-ordered array -> the same voxels' box in the input's."""
+        out = [slice(0)] * 3
+        for axis, (new_axis, flip) in enumerate(self.ornt.astype(int)):
+            part = region[new_axis]
+            out[axis] = part if flip == 1 else slice(self.shape[axis] - part.stop, self.shape[axis] - part.start)
+        return tuple(out)  # type: ignore[return-value]

@@ -26,7 +26,7 @@ from seganypet.clicks import centre_of
 from seganypet.errors import SegAnyPetError
 from seganypet.infer.crop import CropGeometry
 from seganypet.infer.session import TUBE_ELONGATION, TUBE_STRETCH
-from seganypet.io import read_pet
+from seganypet.io import Reorientation, read_pet
 from seganypet.io.masks import read_label_map
 from seganypet.io.write import write_atomic
 from seganypet.modeling import ModelConfig
@@ -217,7 +217,7 @@ class TrainingData:
                  sum(t.kind == "instance" for t in self.targets), sum(self.noisy.values()))
 
     def _cache_case(self, case: str, ending: str, labels_dir: str, split: str) -> list[TargetRef]:
-        index = self.cache / f"{case}.{labels_dir}.targets-v2.json"  # v2: noisy lesions carry sites
+        index = self.cache / f"{case}.{labels_dir}.targets-v3.json"  # v3: in the model's axes
         if index.is_file():
             return [TargetRef(**{**t, "bbox": tuple(map(tuple, t["bbox"]))}) for t in json.loads(index.read_text())]
         image = read_pet(image_file(self.folder, split, case, self.meta))
@@ -227,6 +227,10 @@ class TrainingData:
         labels = read_label_map(label_path, image)
         inst_path = self.folder / f"instances{split}" / f"{case}{ending}"
         instances = read_label_map(inst_path, image) if inst_path.is_file() else None
+        # trained in the axes the session answers in, whatever the files' own order (io.Reorientation)
+        orient = Reorientation.to_lps(image)
+        image, labels = orient.image(image), orient.array(labels)
+        instances = None if instances is None else orient.array(instances)
         sites = lesion_sites(self.folder / "metadata" / f"{case}.json")
         for suffix, array in (("suv", image.array.astype(np.float16)), ("seg", labels.astype(np.uint8 if labels.max() < 256 else np.uint16)),
                               ("spacing", image.spacing)):

@@ -34,7 +34,7 @@ from pydantic import BaseModel, Field
 
 from seganypet.errors import SegAnyPetError
 from seganypet.infer import Session
-from seganypet.io import PetImage, read_pet
+from seganypet.io import PetImage, Reorientation, read_pet
 from seganypet.modeling import SegAnyPet
 from seganypet.quant import quantify
 from seganypet.report import write_outputs
@@ -176,16 +176,11 @@ def coronal_mip(image: PetImage, labels: np.ndarray, suv_max: float) -> bytes:
 def mip_hottest_voxel(image: PetImage, u: float, v: float) -> np.ndarray:
     """The voxel (input grid) behind a point of the coronal MIP (u: 0 at the image's left, v: 0 at the top):
     the hottest one along that anterior-posterior ray, where a reader would want to go."""
-    ornt = nib.orientations.io_orientation(image.affine_in("LPS"))
-    (suv,), _ = to_lps_canonical(image, image.array)
+    orient = Reorientation.to_lps(image)
+    suv = orient.array(image.array)
     column = min(int(u * suv.shape[0]), suv.shape[0] - 1)
     row = min(int((1 - v) * suv.shape[2]), suv.shape[2] - 1)
-    canonical = np.array([column, int(np.argmax(suv[column, :, row])), row])
-    ijk = np.empty(3, int)
-    for axis, (new_axis, flip) in enumerate(ornt.astype(int)):
-        c = canonical[new_axis]
-        ijk[axis] = c if flip == 1 else image.shape[axis] - 1 - c
-    return ijk
+    return orient.point_back([column, int(np.argmax(suv[column, :, row])), row]).astype(int)
 
 
 def _measure(opened: Opened, label: int) -> None:
