@@ -53,6 +53,21 @@ def test_autopet_volumes_and_curve_area():
     assert area_under_curve([0.0, 0.5, 1.0]) == pytest.approx(0.5)
 
 
+def test_the_first_click_on_a_tube_is_its_middle_in_any_voxel_order():
+    """A voxelised tube is equally deep along its length; the first of those in index order was one end of it, and
+    which end depended on the order the file stores its voxels in. (Two mirror-image voxels equally near the middle
+    still tie: the click may move by one voxel.)"""
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in (20, 24, 60)], indexing="ij"), -1)
+    tube = (np.hypot(ijk[..., 0] - 9.5, ijk[..., 1] - 11) <= 4) & (ijk[..., 2] >= 5) & (ijk[..., 2] <= 54)
+    spacing = (2.0, 2.0, 3.0)
+    click = np.array(centre_of(tube, spacing))
+    assert tube[tuple(click)] and abs(click[2] - 29.5) <= 0.5  # half way along its 50 slices
+    flipped = np.array(centre_of(tube[:, ::-1, ::-1], spacing))
+    assert np.abs(np.array([flipped[0], 23 - flipped[1], 59 - flipped[2]]) - click).max() <= 1
+    turned = np.array(centre_of(tube.transpose(2, 0, 1), (3.0, 2.0, 2.0)))
+    assert np.abs(turned[[1, 2, 0]] - click).max() <= 1
+
+
 def test_clicks_land_inside_the_target_then_in_the_largest_error():
     rng = np.random.default_rng(3)
     target = cube((30, 30, 30), (5, 5, 5), 12)

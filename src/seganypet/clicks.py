@@ -5,7 +5,8 @@ Protocols (documented in docs/evaluation.md):
 * ``random``: SegAnyPET/SAM-Med3D. The first click at a random voxel of the target; each next click at a
   random voxel of the current error, positive if the voxel was missed, negative if wrongly included.
 * ``largest_error``: RITM style. The first click at the target's centre (distance-transform maximum of its
-  largest part); each next click at the distance-transform maximum of the largest error component.
+  largest part, the middle one of equally deep voxels); each next click at the same centre of the largest error
+  component. Neither depends on the order the array stores its voxels in.
 * boxes: the target's bounding box, each face moved by up to ``jitter_mm`` outwards or inwards.
 
 Voxel positions are ``(i, j, k)`` of the array given; distances use ``spacing`` (mm).
@@ -20,6 +21,7 @@ from scipy import ndimage
 
 Strategy = Literal["random", "largest_error"]
 Click = tuple[tuple[int, int, int], bool]  # (voxel, positive)
+TIE_MM = 1e-3  # distance-transform depths closer than this are equally deep
 
 
 def _as_tuple(v) -> tuple[int, int, int]:
@@ -27,7 +29,11 @@ def _as_tuple(v) -> tuple[int, int, int]:
 
 
 def centre_of(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> tuple[int, int, int]:
-    """The voxel deepest inside the largest component of ``mask`` (distance-transform maximum)."""
+    """The voxel deepest inside the largest component of ``mask`` (distance-transform maximum); of several equally
+    deep (a tube, a slab, any voxelised shape has them), the one nearest their middle.
+
+    Taking the first in index order instead put a spine's click at whichever end the file stores first, so the
+    same scan in another voxel order was clicked elsewhere."""
     labels, n = ndimage.label(mask)
     if n > 1:
         sizes = np.bincount(labels.ravel())[1:]
@@ -35,8 +41,10 @@ def centre_of(mask: np.ndarray, spacing=(1.0, 1.0, 1.0)) -> tuple[int, int, int]
     box = ndimage.find_objects(mask.astype(np.uint8))[0]
     padded = np.pad(mask[box], 1)
     depth = ndimage.distance_transform_edt(padded, sampling=spacing)
-    local = np.unravel_index(int(depth.argmax()), depth.shape)
-    return _as_tuple(np.asarray(local) - 1 + [s.start for s in box])
+    deepest = np.argwhere(depth >= depth.max() - TIE_MM)
+    offsets = (deepest - deepest.mean(0)) * np.asarray(spacing, float)
+    local = deepest[int(np.argmin((offsets**2).sum(1)))]
+    return _as_tuple(local - 1 + [s.start for s in box])
 
 
 def first_click(target: np.ndarray, rng: np.random.Generator, strategy: Strategy = "random", spacing=(1.0, 1.0, 1.0)) -> Click:
