@@ -341,7 +341,7 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
     else:
         crop, mask, click = _framed_crop(data, target, config, rng, max_zoom, click_centred, centre_clicks)
     suv = crop.sample(arrays.suv) * np.exp(rng.uniform(-np.log(suv_scale), np.log(suv_scale)))
-    if rng.random() < 0.5:
+    if rng.random() < 0.5:  # axis 0 runs from the patient's right to left: every case is read in the model's axes
         suv, mask = suv[::-1].copy(), mask[::-1].copy()
         click = (config.crop_size - 1 - click[0], *click[1:]) if click else None
     return Sample(suv, mask, arrays.noisy, target.name, click, crop)
