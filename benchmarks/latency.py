@@ -73,7 +73,7 @@ def one(size: str, precision: str, clicks: int, checkpoint: str | None, scan: Pa
     crop = session.add_point(centre).crop
     first = time.perf_counter() - t
 
-    tensor = torch.from_numpy(crop.sample(normalise_suv(image.array)))[None, None]
+    tensor = torch.from_numpy(crop.sample(normalise_suv(image.array), edge=True))[None, None]
     embeds = []
     for _ in range(5):
         t = time.perf_counter()

@@ -53,6 +53,36 @@ def test_crop_round_trip_and_paste_are_exact_for_linear_data():
     assert np.allclose(pasted[interior], linear[region][interior], atol=1e-3)
 
 
+def test_a_crop_past_the_image_edge_reads_the_nearest_edge_voxel_there_and_the_image_inside():
+    image = oblique_image()
+    ijk = np.stack(np.meshgrid(*[np.arange(n) for n in image.shape], indexing="ij"), -1)
+    gradient = np.array([0.5, -0.25, 1.5])
+    linear = (ijk @ gradient + 3).astype(np.float32)
+    cij = np.stack(np.meshgrid(*[np.arange(32)] * 3, indexing="ij"), -1)
+    for centre in ((30, 20, 38), (58, 2, 20), (200, 20, 20)):  # past the top, past two faces, wholly outside
+        crop = CropGeometry.centred(centre, image.spacing, 4.0, 32)
+        at = crop.to_image(cij)
+        nearest = np.clip(at, 0, np.asarray(image.shape) - 1)
+        edge, constant = crop.sample(linear, edge=True), crop.sample(linear)
+        assert np.allclose(edge, nearest @ gradient + 3, atol=1e-3), centre
+        inside = np.all(nearest == at, -1)
+        assert np.allclose(edge[inside], constant[inside]) and (constant[~inside] == 0).all(), centre
+
+
+def test_the_shipped_model_outlines_an_organ_cut_by_the_scans_edge_as_the_part_of_one_that_goes_on():
+    """An eyes-to-thighs scan cuts the brain. Read as SUV 0 past the edge, the cut looked like an edge no organ has,
+    and the shipped model answered a brain's lowest 12 slices at Dice 0.81-0.89 from one click (4 phantoms); read as
+    the scan going on, 0.98-0.99, as well as the whole brain clicked at the same voxel, scored on those slices."""
+    case = generate_case(1, PhantomConfig(max_lesions=0))
+    brain = case.labels == LABELS["brain"]
+    top = int(np.nonzero(brain.any((0, 1)))[0].min()) + 12
+    image, truth = PetImage(case.image.array[..., :top].copy(), case.image.affine, case.image.space), brain[..., :top]
+    session = Session()
+    session.set_image(image)
+    session.add_point(first_click_on(truth, np.random.default_rng(0), "largest_error", image.spacing)[0])
+    assert dice(session.mask > 0, truth) > 0.95
+
+
 def test_click_in_mm_on_an_oblique_anisotropic_image_segments_the_right_place():
     image = oblique_image()
     centre_mm = image.voxel_to_world([[31.0, 22.0, 17.0]])[0]

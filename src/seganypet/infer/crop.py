@@ -51,19 +51,24 @@ class CropGeometry:
         return CropGeometry(tuple(other.to_crop(self.origin).tolist()), tuple((np.asarray(self.step) / other.step).tolist()),
                             self.size)  # type: ignore[arg-type]
 
-    def sample(self, volume: np.ndarray, order: int = 1, cval: float = 0.0) -> np.ndarray:
-        """(size,)*3 float32 values of ``volume`` at the crop's voxels; ``cval`` outside the image.
+    def sample(self, volume: np.ndarray, order: int = 1, cval: float = 0.0, edge: bool = False) -> np.ndarray:
+        """(size,)*3 float32 values of ``volume`` at the crop's voxels; ``cval`` outside the image, or with ``edge``
+        the value of the image's nearest edge voxel.
 
-        Only the sub-volume under the crop is read (so a memory-mapped volume stays on disk)."""
+        ``edge`` is for the scan the model reads: the body goes on past a scan's field of view (the brain above an
+        eyes-to-thighs scan, the arms beside a narrow one), and a window that runs past the edge shows it going on
+        rather than ending in SUV 0 at a line no organ has. Only the sub-volume under the crop is read (so a
+        memory-mapped volume stays on disk)."""
         corners = self.to_image(np.array([[0.0] * 3, [self.size - 1.0] * 3]))
-        lo = np.clip(np.floor(corners.min(0)) - 1, 0, np.asarray(volume.shape)).astype(int)
-        hi = np.clip(np.ceil(corners.max(0)) + 2, 0, np.asarray(volume.shape)).astype(int)
+        shape = np.asarray(volume.shape)
+        lo = np.clip(np.floor(corners.min(0)) - 1, 0, shape - edge).astype(int)
+        hi = np.clip(np.ceil(corners.max(0)) + 2, lo + edge, shape).astype(int)
         if np.any(hi <= lo):
             return np.full((self.size,) * 3, cval, np.float32)
         part = np.asarray(volume[tuple(slice(a, b) for a, b in zip(lo, hi))], dtype=np.float32)
         return ndimage.affine_transform(part, np.asarray(self.step), offset=np.asarray(self.origin) - lo,
-                                        output_shape=(self.size,) * 3, order=order, mode="constant", cval=cval,
-                                        output=np.float32, prefilter=False)
+                                        output_shape=(self.size,) * 3, order=order, mode="nearest" if edge else "constant",
+                                        cval=cval, output=np.float32, prefilter=False)
 
     def footprint(self, shape) -> Region:
         """The image voxels whose crop position lies in [-0.5, size - 0.5), clipped to the image."""

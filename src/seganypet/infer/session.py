@@ -8,7 +8,9 @@ into a target buffer in the full image's grid, one label per target.
 Coordinates: ``(x, y, z)`` = voxel indices ``(i, j, k)`` of the input file (floats allowed),
 or millimetres in the file's space with ``coords="mm"``. Inside, the session works on the image
 turned to the axis order the model was trained in (``io.Reorientation``: a view, nothing resampled);
-prompts are mapped in and the buffer, its regions and the masks are the input's own.
+prompts are mapped in and the buffer, its regions and the masks are the input's own. A window that runs past the
+scan's edge shows the scan going on there (``CropGeometry.sample(edge=True)``), as the body does: an organ cut by
+the field of view is answered as the part of one that goes on, not as an organ that ends at the cut.
 """
 
 from __future__ import annotations
@@ -296,7 +298,7 @@ class Session:
         if crop in self._embeddings:
             self._embeddings.move_to_end(crop)
             return self._embeddings[crop]
-        tensor = torch.from_numpy(crop.sample(self._input))[None, None].to(self.device)
+        tensor = torch.from_numpy(crop.sample(self._input, edge=True))[None, None].to(self.device)
         with torch.inference_mode():
             embedding = self.model.embed(tensor)
         self.encoder_calls += 1

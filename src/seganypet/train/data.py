@@ -340,6 +340,8 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
         crop, mask, click = _lengthwise_crop(data, target, config, rng, axis, centre_clicks)
     else:
         crop, mask, click = _framed_crop(data, target, config, rng, max_zoom, click_centred, centre_clicks)
+    # SUV 0 past the scan's edge, not the edge going on as the session reads it: the label there is unknown and read
+    # as background, and a crop that showed an organ going on under it would teach the model a line it cannot see
     suv = crop.sample(arrays.suv) * np.exp(rng.uniform(-np.log(suv_scale), np.log(suv_scale)))
     if rng.random() < 0.5:  # axis 0 runs from the patient's right to left: every case is read in the model's axes
         suv, mask = suv[::-1].copy(), mask[::-1].copy()

@@ -69,7 +69,7 @@ def case_samples(model: SegAnyPet, folder: Path, case: str, meta: dict, names: d
                     low = crop.coarsened(model.crop_size // model.mask_size)
                     crop_truth = low.sample(truth.astype(np.float32), order=0) > 0.5
                     at = np.round(low.to_crop(click)).astype(int)
-                    tensor = torch.from_numpy(crop.sample(volume))[None, None]
+                    tensor = torch.from_numpy(crop.sample(volume, edge=True))[None, None]  # as the session reads it
                     point = torch.tensor(crop.to_crop(click), dtype=torch.float32)[None, None]
                     with torch.inference_mode():
                         logits, _ = model.decode(model.embed(tensor), points=point, labels=torch.ones(1, 1, dtype=torch.long),
