@@ -28,6 +28,20 @@ def test_same_seed_same_case_other_seed_other_case():
     assert a.image.shape != c.image.shape or not np.array_equal(a.labels, c.labels)
 
 
+def test_a_digital_scanners_2mm_grid_holds_the_same_anatomy_and_no_seed_draws_it():
+    """The fine grid is for measuring the model on digital-PET reconstructions; adding it must not change the case any
+    seed already gives, or every held-out set written before would be another set when written again."""
+    config = dict(z_range_mm=(100.0, 420.0), max_lesions=0, noise=False)  # liver, spleen, kidneys whole
+    coarse = generate_case(3, PhantomConfig(scanner="philips_gemini", **config))
+    fine = generate_case(3, PhantomConfig(scanner="digital_2mm", **config))
+    assert fine.image.spacing == pytest.approx((2.0, 2.0, 2.0))
+    for organ in ("liver", "spleen", "kidney_left", "kidney_right"):
+        ml = [(case.labels == LABELS[organ]).sum() * np.prod(case.image.spacing) / 1000 for case in (coarse, fine)]
+        assert ml[1] == pytest.approx(ml[0], rel=0.03), organ
+    drawn = [generate_case(seed, PhantomConfig(z_range_mm=(0.0, 12.0), max_lesions=0)).physics["scanner"] for seed in (10000, 10001)]
+    assert drawn == ["siemens_biograph_mct", "siemens_biograph_vision"]  # as Dataset903 was written before the fine grid
+
+
 def test_organ_uptake_within_configured_range():
     """Noise-free mean SUV inside each organ lies in the range its uptake was drawn from (allowing PSF spill)."""
     case = generate_case(21, PhantomConfig(scanner="ge_discovery_600", noise=False, max_lesions=0))
