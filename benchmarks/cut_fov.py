@@ -32,6 +32,8 @@ def cut_case(labels: nib.Nifti1Image, brain: int, brain_mm: float) -> tuple[slic
     k, up = head_axis(labels.affine)
     data = np.asanyarray(labels.dataobj)
     slices = np.nonzero((data == brain).any(tuple(a for a in range(3) if a != k)))[0]
+    if not len(slices):
+        raise SystemExit(f"cut_fov.py: {labels.get_filename()}: no brain in this label map, so no cut to place")
     keep = int(round(brain_mm / labels.header.get_zooms()[k]))
     index = [slice(None)] * 3
     index[k] = slice(0, slices.min() + keep) if up else slice(slices.max() + 1 - keep, None)
@@ -46,6 +48,8 @@ def main() -> None:
     parser.add_argument("--split", default="Ts")
     args = parser.parse_args()
     meta = json.loads((args.dataset / "dataset.json").read_text())
+    if "brain" not in meta.get("labels", {}):
+        raise SystemExit(f"cut_fov.py: {args.dataset / 'dataset.json'} has no 'brain' label: the cut is placed by the brain")
     ending, brain = meta["file_ending"], meta["labels"]["brain"]
     args.output.mkdir(parents=True, exist_ok=True)
     shutil.copy(args.dataset / "dataset.json", args.output / "dataset.json")
