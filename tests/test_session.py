@@ -66,6 +66,7 @@ def test_a_crop_past_the_image_edge_reads_the_nearest_edge_voxel_there_and_the_i
         edge, constant = crop.sample(linear, edge=True), crop.sample(linear)
         assert np.allclose(edge, nearest @ gradient + 3, atol=1e-3), centre
         inside = np.all(nearest == at, -1)
+        assert np.array_equal(crop.inside(image.shape), inside), centre  # training's known voxels: the same ones
         assert np.allclose(edge[inside], constant[inside]) and (constant[~inside] == 0).all(), centre
 
 

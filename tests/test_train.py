@@ -65,6 +65,56 @@ def test_training_steps_change_the_weights_and_lower_the_loss():
     assert last.item() < first.item() - 0.05
 
 
+def test_past_the_scans_edge_a_crop_reads_the_edge_going_on_and_is_marked_unknown(tmp_path):
+    """Training reads a crop as the session does: past the scan's edge, the edge going on (not SUV 0), and marks
+    those voxels unknown, where the label reads background whatever the body holds there."""
+    data = TrainingData(write_tiny_dataset(tmp_path / "Dataset001_Tiny"), tmp_path / "cache")
+    config = build_model("test").config
+    past = 0
+    for seed in range(40):
+        sample = sample_crop(data, config, np.random.default_rng(seed))
+        known = sample.known if sample.crop is None else sample.crop.inside((40, 40, 40))
+        assert np.array_equal(sample.known, known) or np.array_equal(sample.known, known[::-1])  # flipped with the crop
+        assert not sample.target[~sample.known].any()
+        assert (sample.suv[~sample.known] > 0.3).all()  # the tiny cases' background is SUV 0.8 +- 0.1, scaled
+        past += int((~sample.known).any())
+    assert past >= 5  # the lesion lies 3 voxels from the edge: many crops run past it
+
+
+def test_past_the_scans_edge_nothing_is_trained_and_no_click_lands(monkeypatch):
+    """Voxels past the edge (``known`` False) have no label: the loss takes no gradient from the masks there, and
+    no simulated click (the interactive rounds' or CPCL's prompt sets') is put there, though an untrained model's
+    masks are wrong there as everywhere."""
+    torch.manual_seed(0)
+    model = build_model("test")
+    crops, targets, noisy = fixed_batch(model)
+    known = torch.ones_like(targets, dtype=torch.bool)
+    known[..., 24:] = False  # the last quarter along k, whole low-res cells (the sphere ends at k = 20)
+    step = InteractiveLoss(model, LoopConfig(rounds=4, box_probability=0.0, cpcl_k=3))
+    clicks, lows, decode = [], [], model.decode
+
+    def recorded_click(prediction, target, rng, *args, **kwargs):
+        click = next_click(prediction, target, rng, *args, **kwargs)
+        clicks.append(click)
+        return click
+
+    def recorded_decode(*args, **kwargs):
+        low, iou = decode(*args, **kwargs)
+        if low.requires_grad:
+            low.retain_grad()
+            lows.append(low)
+        return low, iou
+
+    monkeypatch.setattr("seganypet.train.loop.next_click", recorded_click)
+    model.decode = recorded_decode
+    loss, _ = step(crops, targets, noisy, seed=1, cpcl_weight=1.0, known=known)
+    loss.backward()
+    assert len(clicks) == 9, clicks  # 3 later rounds x 2 samples, and 3 CPCL prompt sets x 1 round on the noisy one
+    assert all(c is None or c[0][2] < 24 for c in clicks), clicks
+    assert lows and all(float(low.grad[..., 12:].abs().max()) == 0 for low in lows)
+    assert all(float(low.grad[..., :12].abs().max()) > 0 for low in lows)
+
+
 def test_cpcl_on_a_constructed_case():
     """K predictions agree everywhere except region A (they split 3:2 there); the given label has a wrong patch W
     that all K predictions confidently contradict."""

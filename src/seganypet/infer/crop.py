@@ -70,6 +70,15 @@ class CropGeometry:
                                         output_shape=(self.size,) * 3, order=order, mode="nearest" if edge else "constant",
                                         cval=cval, output=np.float32, prefilter=False)
 
+    def inside(self, shape) -> np.ndarray:
+        """(size,)*3 bool: the crop voxels :meth:`sample` reads from the image rather than makes up (``cval`` or the
+        edge going on), read by the same interpolation so the two agree to the voxel: past the edge a label is
+        unknown."""
+        axes = [ndimage.affine_transform(np.ones(n, np.float32), [step], offset=[origin], output_shape=(self.size,),
+                                         order=0, mode="constant", cval=0.0, prefilter=False) > 0
+                for n, step, origin in zip(shape, self.step, self.origin)]
+        return axes[0][:, None, None] & axes[1][None, :, None] & axes[2][None, None, :]
+
     def footprint(self, shape) -> Region:
         """The image voxels whose crop position lies in [-0.5, size - 0.5), clipped to the image."""
         lo = np.ceil(self.to_image([-0.5] * 3) - 1e-6)

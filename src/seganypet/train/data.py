@@ -290,6 +290,7 @@ class Sample:
     target: np.ndarray  # (S, S, S) bool
     noisy: bool
     name: str
+    known: np.ndarray  # (S, S, S) bool: the crop voxels inside the scan, the only ones whose label is known
     click: tuple[int, int, int] | None = None  # the first click (crop voxel) where the crop was centred on it
     crop: CropGeometry | None = None  # where in the case the crop lies (before the flip)
 
@@ -340,13 +341,14 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
         crop, mask, click = _lengthwise_crop(data, target, config, rng, axis, centre_clicks)
     else:
         crop, mask, click = _framed_crop(data, target, config, rng, max_zoom, click_centred, centre_clicks)
-    # SUV 0 past the scan's edge, not the edge going on as the session reads it: the label there is unknown and read
-    # as background, and a crop that showed an organ going on under it would teach the model a line it cannot see
-    suv = crop.sample(arrays.suv) * np.exp(rng.uniform(-np.log(suv_scale), np.log(suv_scale)))
+    # past the scan's edge the crop reads the edge going on, as the session does, and ``known`` marks it so that the
+    # loss leaves it out: its label is unknown (read as background), and a cut organ must not be taught to end at the cut
+    suv = crop.sample(arrays.suv, edge=True) * np.exp(rng.uniform(-np.log(suv_scale), np.log(suv_scale)))
+    known = crop.inside(arrays.suv.shape)
     if rng.random() < 0.5:  # axis 0 runs from the patient's right to left: every case is read in the model's axes
-        suv, mask = suv[::-1].copy(), mask[::-1].copy()
+        suv, mask, known = suv[::-1].copy(), mask[::-1].copy(), known[::-1].copy()
         click = (config.crop_size - 1 - click[0], *click[1:]) if click else None
-    return Sample(suv, mask, arrays.noisy, target.name, click, crop)
+    return Sample(suv, mask, arrays.noisy, target.name, known, click, crop)
 
 
 def _framed_crop(data: TrainingData, target: TargetRef, config: ModelConfig, rng: np.random.Generator,

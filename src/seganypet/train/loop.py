@@ -6,7 +6,8 @@ a random voxel of the current error and feeds the previous low-res logits back (
 binarised, as the session does after moving its crop). Every round's masks are scored with
 Dice + BCE and the IoU head against the masks' true IoU, at the decoder's low-res grid against the
 area-averaged (soft) target: the inference upsampling is a fixed trilinear map, scoring before it
-skips the backward pass through 8x more voxels, and the soft target keeps the partial volumes. Noisy samples take
+skips the backward pass through 8x more voxels, and the soft target keeps the partial volumes. A crop's voxels
+past the scan's edge have no label: they weigh nothing in the loss and no click lands on them. Noisy samples take
 the CPCL mix of the given and the rectified label. A model with ambiguity masks also answers round 0's lone click
 with them, scored as SAM scores them: only the best mask's loss counts, and the IoU head learns every mask's IoU,
 so that it can pick among them at inference; the pick is what the next round corrects, as in the session.
@@ -39,18 +40,23 @@ class LoopConfig:
     cpcl_confidence: float = 0.8
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Soft Dice + BCE per sample: logits and target (B, M, S, S, S) -> (B, M)."""
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Soft Dice + BCE per sample: logits and target (B, M, S, S, S) -> (B, M). ``weight`` (broadcast to them): each
+    voxel's share of the loss, the part of its cell inside the scan; past the edge the label is unknown."""
     prob = torch.sigmoid(logits)
-    inter = (prob * target).flatten(2).sum(-1)
-    dice = 1 - (2 * inter + 1) / (prob.flatten(2).sum(-1) + target.flatten(2).sum(-1) + 1)
-    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none").flatten(2).mean(-1)
-    return dice + bce
+    w = torch.ones_like(logits) if weight is None else weight.expand_as(logits)
+    inter = (prob * target * w).flatten(2).sum(-1)
+    dice = 1 - (2 * inter + 1) / ((prob * w).flatten(2).sum(-1) + (target * w).flatten(2).sum(-1) + 1)
+    bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w
+    return dice + bce.flatten(2).sum(-1) / w.flatten(2).sum(-1).clamp(min=1)
 
 
-def true_iou(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def true_iou(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+    """IoU of the thresholded masks with the target, over the ``known`` cells only (all when None)."""
     pred = logits > 0
     tgt = target > 0.5
+    if known is not None:
+        pred, tgt = pred & known, tgt & known
     inter = (pred & tgt).flatten(2).sum(-1).float()
     union = (pred | tgt).flatten(2).sum(-1).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
@@ -73,24 +79,27 @@ class InteractiveLoss(nn.Module):
         return coords.to(device), labels.to(device)
 
     @staticmethod
-    def _mask_loss(logits, iou, soft, rectified, noisy, cpcl_weight) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-mask loss (B, M) against the target (CPCL's mix for noisy samples), and the IoU head's loss."""
-        mask_loss = segmentation_loss(logits, soft.expand_as(logits))
+    def _mask_loss(logits, iou, soft, rectified, noisy, cpcl_weight, cover) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-mask loss (B, M) against the target (CPCL's mix for noisy samples), and the IoU head's loss;
+        ``cover``: each low-res cell's share inside the scan."""
+        mask_loss = segmentation_loss(logits, soft.expand_as(logits), cover)
         if rectified is not None:
-            rect_loss = segmentation_loss(logits, rectified.expand_as(logits))
+            rect_loss = segmentation_loss(logits, rectified.expand_as(logits), cover)
             mask_loss = torch.where(noisy[:, None], mixed_loss(mask_loss, rect_loss, cpcl_weight), mask_loss)
-        return mask_loss, F.mse_loss(iou.float(), true_iou(logits.detach(), soft))
+        return mask_loss, F.mse_loss(iou.float(), true_iou(logits.detach(), soft, cover > 0.5))
 
     @torch.no_grad()
-    def cross_prompt(self, embedding: ImageEmbedding, label_np: np.ndarray, rng: np.random.Generator) -> torch.Tensor:
-        """K probability maps (K, B, 1, S, S, S), each from its own simulated prompt set on the given label."""
+    def cross_prompt(self, embedding: ImageEmbedding, label_np: np.ndarray, rng: np.random.Generator,
+                     known_np: np.ndarray) -> torch.Tensor:
+        """K probability maps (K, B, 1, S, S, S), each from its own simulated prompt set on the given label (and
+        on the voxels inside the scan, ``known_np``)."""
         model, out = self.model, []
         for _ in range(self.config.cpcl_k):
             points = [[first_click(t, rng)] for t in label_np]
             mask_input, prob = None, None
             for r in range(self.config.cpcl_prompt_rounds):
                 if r:
-                    pred = (prob[:, 0] > 0.5).cpu().numpy()
+                    pred = (prob[:, 0] > 0.5).cpu().numpy() & known_np
                     for b, t in enumerate(label_np):
                         click = next_click(pred[b], t, rng)
                         if click:
@@ -102,13 +111,17 @@ class InteractiveLoss(nn.Module):
         return torch.stack(out)
 
     def forward(self, crops: torch.Tensor, targets: torch.Tensor, noisy: torch.Tensor, seed: int, cpcl_weight: float,
-                clicks: list | None = None):
+                clicks: list | None = None, known: torch.Tensor | None = None):
         """crops, targets: (B, 1, S, S, S); noisy: (B,) bool; clicks: per sample, the first click (crop voxel) where
-        the crop was centred on it, else None (a random voxel of the target). Returns (loss, statistics)."""
+        the crop was centred on it, else None (a random voxel of the target); known: (B, 1, S, S, S) bool, the
+        voxels inside the scan (all when None). Returns (loss, statistics)."""
         cfg, model = self.config, self.model
         rng = np.random.default_rng(seed)
         target_np = targets[:, 0].cpu().numpy() > 0.5
-        soft = F.adaptive_avg_pool3d(targets, model.mask_size)
+        known = torch.ones_like(targets, dtype=torch.bool) if known is None else known.bool()
+        known_np = known[:, 0].cpu().numpy()
+        cover = F.adaptive_avg_pool3d(known.float(), model.mask_size)  # each low-res cell's share inside the scan
+        soft = _known_share(targets, cover, model.mask_size)
         embedding = model.embed(crops)
         stats: dict[str, float] = {}
 
@@ -116,10 +129,11 @@ class InteractiveLoss(nn.Module):
         if cfg.cpcl and cpcl_weight > 0 and bool(noisy.any()):
             idx = torch.nonzero(noisy).flatten()
             sub = ImageEmbedding(embedding.features[idx].detach(), embedding.detail[idx].detach())
-            rect = rectify(self.cross_prompt(sub, target_np[idx.cpu().numpy()], rng), targets[idx], cfg.cpcl_confidence)
+            rows = idx.cpu().numpy()
+            rect = rectify(self.cross_prompt(sub, target_np[rows], rng, known_np[rows]), targets[idx], cfg.cpcl_confidence)
             rectified = targets.clone()
             rectified[idx] = rect.rectified
-            rectified = F.adaptive_avg_pool3d(rectified, model.mask_size)
+            rectified = _known_share(rectified * known, cover, model.mask_size)
             stats["cpcl_changed"] = float((rect.rectified != targets[idx]).float().mean())
 
         clicks = clicks or [None] * len(target_np)
@@ -133,7 +147,7 @@ class InteractiveLoss(nn.Module):
         mask_input, total = None, 0.0
         for r in range(cfg.rounds):
             if r:
-                pred = (model.upsample(mask_input).detach()[:, 0] > 0).cpu().numpy()
+                pred = (model.upsample(mask_input).detach()[:, 0] > 0).cpu().numpy() & known_np
                 for b, t in enumerate(target_np):
                     click = next_click(pred[b], t, rng)
                     if click:
@@ -145,21 +159,27 @@ class InteractiveLoss(nn.Module):
                 kwargs["points"], kwargs["labels"] = self._prompts([p or [((0, 0, 0), -1)] for p in points], crops.device)
             low, iou = model.decode(embedding, mask_input=mask_input, **kwargs)
             logits = low.float()
-            mask_loss, iou_loss = self._mask_loss(logits, iou, soft, rectified, noisy, cpcl_weight)
+            mask_loss, iou_loss = self._mask_loss(logits, iou, soft, rectified, noisy, cpcl_weight, cover)
             total = total + mask_loss.mean() + iou_loss
             mask_input = logits.detach()
             if r == 0 and boxes is None and model.mask_decoder.multimask:
                 low_m, iou_m = model.decode(embedding, multimask=True, **kwargs)
-                losses, iou_loss = self._mask_loss(low_m.float(), iou_m, soft, rectified, noisy, cpcl_weight)
+                losses, iou_loss = self._mask_loss(low_m.float(), iou_m, soft, rectified, noisy, cpcl_weight, cover)
                 total = total + losses.min(1).values.mean() + iou_loss
                 # the session answers a lone click with the mask the IoU head picks, so the next click corrects that
                 pick = iou_m.detach().argmax(1)
                 mask_input = low_m.detach().float()[torch.arange(len(pick)), pick][:, None]
             if r == cfg.rounds - 1:
-                final = model.upsample(mask_input)
-                inter = ((final > 0) & (targets > 0.5)).flatten(1).sum(1).float()
-                dice = 2 * inter / ((final > 0).flatten(1).sum(1) + (targets > 0.5).flatten(1).sum(1)).clamp(min=1)
+                final = (model.upsample(mask_input) > 0) & known
+                inter = (final & (targets > 0.5)).flatten(1).sum(1).float()
+                dice = 2 * inter / (final.flatten(1).sum(1) + (targets > 0.5).flatten(1).sum(1)).clamp(min=1)
                 stats["dice_last"] = float(dice.mean())
         loss = total / cfg.rounds
         stats["loss"] = float(loss.detach())
         return loss, stats
+
+
+def _known_share(full: torch.Tensor, cover: torch.Tensor, size: int) -> torch.Tensor:
+    """A full-resolution label area-averaged to the low-res grid over each cell's part inside the scan (the label is
+    0 past the edge, unknown rather than background: a cut organ's edge cell is wholly organ)."""
+    return (F.adaptive_avg_pool3d(full, size) / cover.clamp(min=1e-6)).clamp(max=1)

@@ -90,7 +90,8 @@ class StepBatches(torch.utils.data.Dataset):
         crops = torch.from_numpy(np.stack([normalise_suv(s.suv) for s in samples]))[:, None]
         targets = torch.from_numpy(np.stack([s.target for s in samples]).astype(np.float32))[:, None]
         noisy = torch.tensor([s.noisy for s in samples])
-        return crops, targets, noisy, [s.click for s in samples], int(rng.integers(2**31))
+        known = torch.from_numpy(np.stack([s.known for s in samples]))[:, None]
+        return crops, targets, noisy, known, [s.click for s in samples], int(rng.integers(2**31))
 
 
 def _ignore_sigterm(_worker_id: int) -> None:
@@ -105,8 +106,9 @@ def _batches(data: TrainingData, config, cfg: TrainConfig, rank: int, start: int
     loader = torch.utils.data.DataLoader(
         StepBatches(data, config, cfg, rank), batch_size=None, sampler=range(start, cfg.steps), num_workers=cfg.workers,
         pin_memory=device.type == "cuda", prefetch_factor=4 if cfg.workers else None, worker_init_fn=_ignore_sigterm)
-    for crops, targets, noisy, clicks, loop_seed in loader:
-        yield crops.to(device, non_blocking=True), targets.to(device, non_blocking=True), noisy.to(device), clicks, loop_seed
+    for crops, targets, noisy, known, clicks, loop_seed in loader:
+        yield (crops.to(device, non_blocking=True), targets.to(device, non_blocking=True), noisy.to(device),
+               known.to(device), clicks, loop_seed)
 
 
 def cpcl_weight_at(step: int, cfg: TrainConfig) -> float:
@@ -256,10 +258,10 @@ def train(cfg: TrainConfig, resume: bool = False, stop_after: int | None = None)
     with training_bar(cfg.steps, step, enabled=rank == 0) as bar:
         try:
             while step < cfg.steps and not stop["now"]:
-                crops, targets, noisy, clicks, loop_seed = next(batches)
+                crops, targets, noisy, known, clicks, loop_seed = next(batches)
                 weight = cpcl_weight_at(step, cfg)
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=autocast):
-                    loss, stats = wrapped(crops, targets, noisy, loop_seed, weight, clicks)
+                    loss, stats = wrapped(crops, targets, noisy, loop_seed, weight, clicks, known)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(trained, 1.0)
