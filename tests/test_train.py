@@ -33,6 +33,7 @@ from seganypet.train.data import (
     read_dataset_json,
     sample_crop,
 )
+from seganypet.train.iou_head import prompted_iou
 from seganypet.train.trainer import cpcl_weight_at
 
 
@@ -525,6 +526,21 @@ def test_the_ambiguity_iou_head_reads_each_mask_own_inside_and_edge():
     _, iou = model.decode(model.embed(crops[:1]), points=torch.tensor([[[15.0, 17.0, 14.0]]]), labels=torch.ones(1, 1),
                           multimask=True)
     assert iou.shape == (1, 3) and bool(((iou > 0) & (iou < 1)).all())
+
+
+def test_an_ambiguity_masks_iou_is_scored_on_what_the_session_keeps_of_it():
+    """The head learns the IoU of the answer the session would paste back: the part holding the click, and of it
+    only what lies inside the scan (a window past the edge answers there too, and nothing of that is kept)."""
+    truth = np.zeros((8, 8, 8), bool)
+    truth[2:5, 2:5, 2:5] = True
+    low = np.full((8, 8, 8), -1.0)
+    low[2:5, 2:5, 2:8] = 1.0  # the target, going on past the scan's edge at k = 5
+    low[6:8, 6:8, 0:2] = 1.0  # a stray part elsewhere
+    inside = np.ones_like(truth)
+    inside[..., 5:] = False
+    assert prompted_iou(low, truth, np.array([3, 3, 3]), inside) == 1.0
+    assert prompted_iou(low, truth, np.array([3, 3, 3]), np.ones_like(truth)) == 27 / 54
+    assert prompted_iou(low, truth, np.array([0, 0, 7]), inside) == 27 / 35  # no part at the click: all of it
 
 
 def test_fit_head_learns_an_iou_from_inputs_of_any_scale_and_folds_the_scaling_into_the_head():

@@ -32,13 +32,14 @@ HOLDOUT_EVERY = 6  # every 6th case is held out of the fit and reported
 HEAD = "mask_decoder.multimask_iou_head."
 
 
-def prompted_iou(low_res: np.ndarray, truth: np.ndarray, at: np.ndarray) -> float:
+def prompted_iou(low_res: np.ndarray, truth: np.ndarray, at: np.ndarray, inside: np.ndarray) -> float:
     """IoU of the connected part of ``low_res > 0`` that holds the click (all of it where none does), as the session
-    keeps only that part."""
+    keeps only that part, and of that only what lies ``inside`` the scan, as the session pastes only that back."""
     mask = low_res > 0
     parts, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if np.all(at >= 0) and np.all(at < mask.shape) and parts[tuple(at)]:
         mask = parts == parts[tuple(at)]
+    mask &= inside
     return float((mask & truth).sum() / max((mask | truth).sum(), 1))
 
 
@@ -75,7 +76,8 @@ def case_samples(model: SegAnyPet, folder: Path, case: str, meta: dict, names: d
                         logits, _ = model.decode(model.embed(tensor), points=point, labels=torch.ones(1, 1, dtype=torch.long),
                                                  multimask=True)
                     inputs.append(seen.pop().numpy())
-                    ious.append([prompted_iou(m, crop_truth, at) for m in logits[0].float().numpy()])
+                    inside = low.inside(truth.shape)
+                    ious.append([prompted_iou(m, crop_truth, at, inside) for m in logits[0].float().numpy()])
                     lesion.append(target.kind == "instance")
     finally:
         hook.remove()
