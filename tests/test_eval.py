@@ -207,3 +207,30 @@ def test_a_label_map_on_another_grid_than_its_image_is_refused_not_scored(tmp_pa
     nib.save(nib.Nifti1Image(np.asarray(labels.dataobj), np.diag([-4.0, 4.0, 4.0, 1.0])), path)
     with pytest.raises(SegAnyPetError, match="does not match"):
         run_evaluation(EvalConfig(str(data), str(tmp_path / "out"), "pct41", clicks=(1,), split="Tr"))
+
+
+def test_nnunets_ignore_label_is_neither_a_target_nor_scored(tmp_path):
+    """nnU-Net's ignore label marks voxels nobody annotated (sparse annotation). Here the far half of the organ is
+    unannotated: 41 % SUVmax outlines the whole organ, and scored against the ignored half as background it would
+    lose a third of its Dice for voxels that are organ."""
+    data = write_tiny_dataset(tmp_path / "sparse", cases=1)
+    run_evaluation(EvalConfig(str(data), str(tmp_path / "dense"), "pct41", clicks=(1, 3), split="Tr"))
+    path = data / "labelsTr" / "case0.nii.gz"
+    image = nib.load(path)
+    labels = np.asarray(image.dataobj).copy()
+    labels[13:20][labels[13:20] == 1] = 3  # the organ block spans i = 6..19: its far half unannotated
+    nib.save(nib.Nifti1Image(labels, image.affine), path)
+    meta = json.loads((data / "dataset.json").read_text())
+    meta["labels"]["ignore"] = 3
+    (data / "dataset.json").write_text(json.dumps(meta))
+    run_evaluation(EvalConfig(str(data), str(tmp_path / "sparse_out"), "pct41", clicks=(1, 3), split="Tr"))
+    dense, sparse = ({(r["structure"], r["clicks"]): r["dice"] for r in json.loads((tmp_path / out / "results.json")
+                     .read_text())["rows"]} for out in ("dense", "sparse_out"))
+    assert set(sparse) == set(dense) == {(s, n) for s in ("organ", "lesion") for n in (1, 3)}
+    assert dense[("organ", 1)] > 0.9
+    for key in sparse:
+        assert abs(sparse[key] - dense[key]) < 0.05, (key, sparse[key], dense[key])
+    meta["labels"]["ignore"] = 2  # not above every other label: nnU-Net's rule
+    (data / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(SegAnyPetError, match="ignore label is one integer above every other label"):
+        run_evaluation(EvalConfig(str(data), str(tmp_path / "bad"), "pct41", clicks=(1,), split="Tr"))

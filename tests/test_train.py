@@ -82,6 +82,36 @@ def test_past_the_scans_edge_a_crop_reads_the_edge_going_on_and_is_marked_unknow
     assert past >= 5  # the lesion lies 3 voxels from the edge: many crops run past it
 
 
+def test_nnunets_ignore_label_is_never_a_target_and_its_voxels_are_unknown(tmp_path):
+    """nnU-Net's ignore label (``"ignore": N``, N above every other label) marks voxels nobody annotated: not a
+    structure to train, and not background either, so its voxels are unknown as those past the scan's edge are."""
+    data_dir = write_tiny_dataset(tmp_path / "Dataset002_Sparse", cases=1)
+    path = data_dir / "labelsTr" / "case0.nii.gz"
+    image = nib.load(path)
+    labels = np.asarray(image.dataobj).copy()
+    labels[:, 24:][labels[:, 24:] == 0] = 3  # background unannotated beyond j = 24 (the lesion lies across it)
+    nib.save(nib.Nifti1Image(labels, image.affine), path)
+    meta = json.loads((data_dir / "dataset.json").read_text())
+    meta["labels"]["ignore"] = 3
+    (data_dir / "dataset.json").write_text(json.dumps(meta))
+    data = TrainingData(data_dir, tmp_path / "cache")
+    assert {t.name for t in data.targets} == {"organ", "lesion"}
+    config = build_model("test").config
+    ignored = 0
+    for seed in range(30):
+        sample = sample_crop(data, config, np.random.default_rng(seed))
+        annotated = sample.crop.sample(data.arrays("case0").labels, order=0) != 3
+        expected = sample.crop.inside((40, 40, 40)) & annotated
+        assert np.array_equal(sample.known, expected) or np.array_equal(sample.known, expected[::-1])
+        assert not sample.target[~sample.known].any()
+        ignored += int((~annotated & sample.crop.inside((40, 40, 40))).sum())
+    assert ignored > 1000  # the ignored voxels are in the crops, and unknown there
+    meta["labels"]["ignore"] = 1
+    (data_dir / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(SegAnyPetError, match="ignore label is one integer above every other label"):
+        TrainingData(data_dir, tmp_path / "cache2")
+
+
 def test_past_the_scans_edge_nothing_is_trained_and_no_click_lands(monkeypatch):
     """Voxels past the edge (``known`` False) have no label: the loss takes no gradient from the masks there, and
     no simulated click (the interactive rounds' or CPCL's prompt sets') is put there, though an untrained model's

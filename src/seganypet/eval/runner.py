@@ -28,6 +28,7 @@ from seganypet.io.write import write_atomic
 from seganypet.progress import track
 from seganypet.train.data import (
     case_targets,
+    ignore_value,
     image_file,
     label_names,
     lesion_components,
@@ -101,21 +102,27 @@ def first_click_on(truth: np.ndarray, rng: np.random.Generator, strategy: str, s
     return np.add(voxel, [s.start for s in box]), positive
 
 
-def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalConfig, rng: np.random.Generator) -> list[dict]:
-    """Rows (one per requested click count) for one target."""
+def evaluate_target(segmenter: Segmenter, image, truth: np.ndarray, cfg: EvalConfig, rng: np.random.Generator,
+                    annotated: np.ndarray | None = None) -> list[dict]:
+    """Rows (one per requested click count) for one target. ``annotated``: the voxels not under nnU-Net's ignore
+    label (all when None); what a method answers elsewhere is neither scored nor corrected, as nnU-Net scores."""
     segmenter.new_target()
     strategy = "random" if cfg.protocol == "random" else "largest_error"
+
+    def scored(answer: np.ndarray) -> np.ndarray:
+        return answer if annotated is None else answer & annotated
+
     if cfg.protocol == "box":
-        prediction = segmenter.add_box(*jittered_box(truth, rng, spacing=image.spacing))
+        prediction = scored(segmenter.add_box(*jittered_box(truth, rng, spacing=image.spacing)))
     else:
-        prediction = segmenter.add_point(*first_click_on(truth, rng, strategy, image.spacing))
+        prediction = scored(segmenter.add_point(*first_click_on(truth, rng, strategy, image.spacing)))
     rows = []
     for n in range(1, max(cfg.clicks) + 1):
         if n > 1:
             box = union_box(prediction, truth)
             click = next_click(prediction[box], truth[box], rng, strategy, image.spacing)
             if click is not None:
-                prediction = segmenter.add_point(np.add(click[0], [s.start for s in box]), click[1])
+                prediction = scored(segmenter.add_point(np.add(click[0], [s.start for s in box]), click[1]))
         if n in cfg.clicks:
             rows.append({"clicks": n, "dice": dice(prediction, truth),
                          "nsd": nsd(prediction, truth, image.spacing, cfg.tolerance_mm),
@@ -151,6 +158,8 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
     segmenter.set_image(image)
     rows = []
     wanted = {t.lower() for t in cfg.targets}
+    ignore = ignore_value(meta)
+    annotated = None if ignore is None else labels != ignore
     for index, target in enumerate(case_targets(case, labels, instances, names, sites)):
         if wanted and target.name.lower() not in wanted:
             continue
@@ -161,7 +170,7 @@ def evaluate_case(segmenter: Segmenter, folder: Path, case: str, cfg: EvalConfig
                 "protocol": cfg.protocol, "diameter_mm": round(diameter, 1),
                 "size_group": group_of(SIZE_GROUPS, diameter) if target.kind == "instance" else "", "site": target.site or "",
                 "suvmax": round(float(image.array[truth].max()), 3)}
-        rows += [{**base, **row} for row in evaluate_target(segmenter, image, truth, cfg, rng)]
+        rows += [{**base, **row} for row in evaluate_target(segmenter, image, truth, cfg, rng, annotated)]
     return rows
 
 

@@ -68,7 +68,7 @@ def read_dataset_json(folder: Path) -> dict:
 
 
 def label_names(meta: dict) -> dict[int, str]:
-    """{label value: name} of the dataset's structures, background left out.
+    """{label value: name} of the dataset's structures, background and nnU-Net's ignore label left out.
 
     nnU-Net's region-based datasets also list regions, unions of labels (``"whole tumour": [1, 2, 3]``); each label in
     them is a target already, so a region is left out, with a warning."""
@@ -78,11 +78,26 @@ def label_names(meta: dict) -> dict[int, str]:
             regions.append(name)
         elif isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
             raise SegAnyPetError(f"dataset.json label {name!r} has the value {value!r}: a label value is an integer")
-        elif int(value) != 0:
+        elif int(value) != 0 and name != "ignore":
             names[int(value)] = name
     if regions:
         log.warning("dataset.json regions %s are unions of labels; their labels are the targets", ", ".join(regions))
     return names
+
+
+def ignore_value(meta: dict) -> int | None:
+    """nnU-Net's ignore label (``"ignore": N`` in ``labels``, N the highest value): voxels nobody annotated, which
+    are neither a structure nor background. Training leaves them out of its loss and clicks, evaluation out of
+    its scores, as nnU-Net does; read as background they would teach and score an unannotated organ as absent."""
+    labels = meta.get("labels", {})
+    if "ignore" not in labels:
+        return None
+    value = labels["ignore"]
+    highest = max((int(v) for n, v in labels.items() if n != "ignore" and not isinstance(v, (list, tuple))), default=0)
+    if isinstance(value, bool) or not str(value).isdigit() or int(value) <= highest:
+        raise SegAnyPetError(f"dataset.json label 'ignore' has the value {value!r}: nnU-Net's ignore label is one "
+                             f"integer above every other label (here {highest + 1} or more)")
+    return int(value)
 
 
 def label_quality(folder: Path, meta: dict, cases: list[str]) -> dict[str, bool]:
@@ -197,6 +212,7 @@ class TrainingData:
         self.folder, self.cache = Path(folder), Path(cache)
         self.meta = read_dataset_json(self.folder)
         self.names = label_names(self.meta)
+        self.ignore = ignore_value(self.meta)
         self.cases = list_cases(self.folder, split)
         self.noisy = label_quality(self.folder, self.meta, self.cases)
         ending = self.meta.get("file_ending", ".nii.gz")
@@ -290,7 +306,7 @@ class Sample:
     target: np.ndarray  # (S, S, S) bool
     noisy: bool
     name: str
-    known: np.ndarray  # (S, S, S) bool: the crop voxels inside the scan, the only ones whose label is known
+    known: np.ndarray  # (S, S, S) bool: the voxels whose label is known: inside the scan, not nnU-Net's ignore label
     click: tuple[int, int, int] | None = None  # the first click (crop voxel) where the crop was centred on it
     crop: CropGeometry | None = None  # where in the case the crop lies (before the flip)
 
@@ -345,6 +361,8 @@ def sample_crop(data: TrainingData, config: ModelConfig, rng: np.random.Generato
     # loss leaves it out: its label is unknown (read as background), and a cut organ must not be taught to end at the cut
     suv = crop.sample(arrays.suv, edge=True) * np.exp(rng.uniform(-np.log(suv_scale), np.log(suv_scale)))
     known = crop.inside(arrays.suv.shape)
+    if data.ignore is not None:  # nnU-Net's ignore label: not annotated, so unknown as well
+        known &= crop.sample(arrays.labels, order=0, cval=0) != data.ignore
     if rng.random() < 0.5:  # axis 0 runs from the patient's right to left: every case is read in the model's axes
         suv, mask, known = suv[::-1].copy(), mask[::-1].copy(), known[::-1].copy()
         click = (config.crop_size - 1 - click[0], *click[1:]) if click else None

@@ -24,7 +24,7 @@ from seganypet.infer.crop import CropGeometry
 from seganypet.io.write import write_atomic
 from seganypet.modeling import ModelConfig, SegAnyPet, build_model, normalise_suv, read_checkpoint, save_checkpoint, set_precision
 from seganypet.progress import track
-from seganypet.train.data import case_targets, label_names, list_cases, read_dataset_json
+from seganypet.train.data import case_targets, ignore_value, label_names, list_cases, read_dataset_json
 from seganypet.train.trainer import initialise
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,7 @@ def case_samples(model: SegAnyPet, folder: Path, case: str, meta: dict, names: d
     """Head inputs (N, M, D), each mask's IoU (N, M) and whether the target is a lesion (N,), for two first clicks
     per target (its centre, a random voxel of it) at each scale of `first_click_crops`."""
     image, labels, instances, _ = read_case(folder, case, "Tr", meta, names)
+    ignore = ignore_value(meta)
     volume = normalise_suv(image.array)
     head = model.mask_decoder.multimask_iou_head
     seen: list[torch.Tensor] = []
@@ -77,6 +78,8 @@ def case_samples(model: SegAnyPet, folder: Path, case: str, meta: dict, names: d
                                                  multimask=True)
                     inputs.append(seen.pop().numpy())
                     inside = low.inside(truth.shape)
+                    if ignore is not None:  # nnU-Net's ignore label: no truth there to score against
+                        inside &= low.sample(labels, order=0) != ignore
                     ious.append([prompted_iou(m, crop_truth, at, inside) for m in logits[0].float().numpy()])
                     lesion.append(target.kind == "instance")
     finally:

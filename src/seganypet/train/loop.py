@@ -7,7 +7,8 @@ binarised, as the session does after moving its crop). Every round's masks are s
 Dice + BCE and the IoU head against the masks' true IoU, at the decoder's low-res grid against the
 area-averaged (soft) target: the inference upsampling is a fixed trilinear map, scoring before it
 skips the backward pass through 8x more voxels, and the soft target keeps the partial volumes. A crop's voxels
-past the scan's edge have no label: they weigh nothing in the loss and no click lands on them. Noisy samples take
+past the scan's edge or under nnU-Net's ignore label have no label: they weigh nothing in the loss and no click lands
+on them. Noisy samples take
 the CPCL mix of the given and the rectified label. A model with ambiguity masks also answers round 0's lone click
 with them, scored as SAM scores them: only the best mask's loss counts, and the IoU head learns every mask's IoU,
 so that it can pick among them at inference; the pick is what the next round corrects, as in the session.
@@ -114,7 +115,7 @@ class InteractiveLoss(nn.Module):
                 clicks: list | None = None, known: torch.Tensor | None = None):
         """crops, targets: (B, 1, S, S, S); noisy: (B,) bool; clicks: per sample, the first click (crop voxel) where
         the crop was centred on it, else None (a random voxel of the target); known: (B, 1, S, S, S) bool, the
-        voxels inside the scan (all when None). Returns (loss, statistics)."""
+        voxels whose label is known (all when None). Returns (loss, statistics)."""
         cfg, model = self.config, self.model
         rng = np.random.default_rng(seed)
         target_np = targets[:, 0].cpu().numpy() > 0.5
