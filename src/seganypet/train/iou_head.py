@@ -34,7 +34,8 @@ HEAD = "mask_decoder.multimask_iou_head."
 
 def prompted_iou(low_res: np.ndarray, truth: np.ndarray, at: np.ndarray, inside: np.ndarray) -> float:
     """IoU of the connected part of ``low_res > 0`` that holds the click (all of it where none does), as the session
-    keeps only that part, and of that only what lies ``inside`` the scan, as the session pastes only that back."""
+    keeps only that part, and of that only the cells ``inside`` (in the scan, where the session pastes a mask back,
+    and not under nnU-Net's ignore label, where there is no truth)."""
     mask = low_res > 0
     parts, _ = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
     if np.all(at >= 0) and np.all(at < mask.shape) and parts[tuple(at)]:

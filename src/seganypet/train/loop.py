@@ -43,7 +43,7 @@ class LoopConfig:
 
 def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
     """Soft Dice + BCE per sample: logits and target (B, M, S, S, S) -> (B, M). ``weight`` (broadcast to them): each
-    voxel's share of the loss, the part of its cell inside the scan; past the edge the label is unknown."""
+    voxel's share of the loss, the part of its cell whose label is known (in the scan, not nnU-Net's ignore label)."""
     prob = torch.sigmoid(logits)
     w = torch.ones_like(logits) if weight is None else weight.expand_as(logits)
     inter = (prob * target * w).flatten(2).sum(-1)
@@ -82,7 +82,7 @@ class InteractiveLoss(nn.Module):
     @staticmethod
     def _mask_loss(logits, iou, soft, rectified, noisy, cpcl_weight, cover) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-mask loss (B, M) against the target (CPCL's mix for noisy samples), and the IoU head's loss;
-        ``cover``: each low-res cell's share inside the scan."""
+        ``cover``: each low-res cell's share whose label is known."""
         mask_loss = segmentation_loss(logits, soft.expand_as(logits), cover)
         if rectified is not None:
             rect_loss = segmentation_loss(logits, rectified.expand_as(logits), cover)
@@ -92,8 +92,8 @@ class InteractiveLoss(nn.Module):
     @torch.no_grad()
     def cross_prompt(self, embedding: ImageEmbedding, label_np: np.ndarray, rng: np.random.Generator,
                      known_np: np.ndarray) -> torch.Tensor:
-        """K probability maps (K, B, 1, S, S, S), each from its own simulated prompt set on the given label (and
-        on the voxels inside the scan, ``known_np``)."""
+        """K probability maps (K, B, 1, S, S, S), each from its own simulated prompt set on the given label, its
+        clicks on the voxels whose label is known (``known_np``)."""
         model, out = self.model, []
         for _ in range(self.config.cpcl_k):
             points = [[first_click(t, rng)] for t in label_np]
@@ -121,7 +121,7 @@ class InteractiveLoss(nn.Module):
         target_np = targets[:, 0].cpu().numpy() > 0.5
         known = torch.ones_like(targets, dtype=torch.bool) if known is None else known.bool()
         known_np = known[:, 0].cpu().numpy()
-        cover = F.adaptive_avg_pool3d(known.float(), model.mask_size)  # each low-res cell's share inside the scan
+        cover = F.adaptive_avg_pool3d(known.float(), model.mask_size)  # each low-res cell's share whose label is known
         soft = _known_share(targets, cover, model.mask_size)
         embedding = model.embed(crops)
         stats: dict[str, float] = {}
@@ -181,6 +181,6 @@ class InteractiveLoss(nn.Module):
 
 
 def _known_share(full: torch.Tensor, cover: torch.Tensor, size: int) -> torch.Tensor:
-    """A full-resolution label area-averaged to the low-res grid over each cell's part inside the scan (the label is
-    0 past the edge, unknown rather than background: a cut organ's edge cell is wholly organ)."""
+    """A full-resolution label area-averaged to the low-res grid over each cell's known part (``cover``): the label
+    reads 0 where it is unknown, which is not background, so a cut organ's last cell is wholly organ."""
     return (F.adaptive_avg_pool3d(full, size) / cover.clamp(min=1e-6)).clamp(max=1)
