@@ -92,9 +92,12 @@ def test_nnunets_ignore_label_is_never_a_target_and_its_voxels_are_unknown(tmp_p
     labels[:, 24:][labels[:, 24:] == 0] = 3  # background unannotated beyond j = 24 (the lesion lies across it)
     nib.save(nib.Nifti1Image(labels, image.affine), path)
     meta = json.loads((data_dir / "dataset.json").read_text())
-    meta["labels"]["ignore"] = 3
+    meta["labels"]["unannotated"] = 3  # first named as a structure, then marked as nnU-Net's ignore label
     (data_dir / "dataset.json").write_text(json.dumps(meta))
-    data = TrainingData(data_dir, tmp_path / "cache")
+    assert {t.name for t in TrainingData(data_dir, tmp_path / "cache").targets} == {"organ", "lesion", "unannotated"}
+    meta["labels"] = {**{k: v for k, v in meta["labels"].items() if k != "unannotated"}, "ignore": 3}
+    (data_dir / "dataset.json").write_text(json.dumps(meta))
+    data = TrainingData(data_dir, tmp_path / "cache")  # the same cache: its targets are read again, not trusted
     assert {t.name for t in data.targets} == {"organ", "lesion"}
     config = build_model("test").config
     ignored = 0

@@ -221,8 +221,10 @@ class TrainingData:
         labels_dir = labels_folder or f"labels{split}"
         cache_case = partial(self._cache_case, ending=ending, labels_dir=labels_dir, split=split)
         excluded = {e.lower() for e in exclude}
+        # a class target only while dataset.json still names it: a cache outlives an edit that makes a label "ignore"
         self.targets: list[TargetRef] = [t for targets in track_map(cache_case, self.cases, "caching cases", workers) for t in targets
-                                         if t.name.lower() not in excluded and (t.site or "").lower() not in excluded]
+                                         if t.name.lower() not in excluded and (t.site or "").lower() not in excluded
+                                         and (t.kind == "instance" or t.value in self.names)]
         if not self.targets:
             raise SegAnyPetError("no targets to train on (all excluded, or labels empty)", self.folder)
         by_case: dict[str, list[TargetRef]] = {}
