@@ -82,6 +82,7 @@ def label_names(meta: dict) -> dict[int, str]:
             names[int(value)] = name
     if regions:
         log.warning("dataset.json regions %s are unions of labels; their labels are the targets", ", ".join(regions))
+    ignore_value(meta)  # checked with the other labels, so a bad one stops a run before any work
     return names
 
 

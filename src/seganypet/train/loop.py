@@ -41,23 +41,21 @@ class LoopConfig:
     cpcl_confidence: float = 0.8
 
 
-def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None = None) -> torch.Tensor:
+def segmentation_loss(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Soft Dice + BCE per sample: logits and target (B, M, S, S, S) -> (B, M). ``weight`` (broadcast to them): each
     voxel's share of the loss, the part of its cell whose label is known (in the scan, not nnU-Net's ignore label)."""
     prob = torch.sigmoid(logits)
-    w = torch.ones_like(logits) if weight is None else weight.expand_as(logits)
+    w = weight.expand_as(logits)
     inter = (prob * target * w).flatten(2).sum(-1)
     dice = 1 - (2 * inter + 1) / ((prob * w).flatten(2).sum(-1) + (target * w).flatten(2).sum(-1) + 1)
     bce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * w
     return dice + bce.flatten(2).sum(-1) / w.flatten(2).sum(-1).clamp(min=1)
 
 
-def true_iou(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
-    """IoU of the thresholded masks with the target, over the ``known`` cells only (all when None)."""
-    pred = logits > 0
-    tgt = target > 0.5
-    if known is not None:
-        pred, tgt = pred & known, tgt & known
+def true_iou(logits: torch.Tensor, target: torch.Tensor, known: torch.Tensor) -> torch.Tensor:
+    """IoU of the thresholded masks with the target, over the ``known`` cells only."""
+    pred = (logits > 0) & known
+    tgt = (target > 0.5) & known
     inter = (pred & tgt).flatten(2).sum(-1).float()
     union = (pred | tgt).flatten(2).sum(-1).float()
     return torch.where(union > 0, inter / union.clamp(min=1), torch.ones_like(union))
